@@ -12,7 +12,7 @@ const MaxKeyLen = 1024
 // ValidKey reports whether key is usable on every driver. A valid key is
 // non-empty UTF-8 of at most MaxKeyLen bytes, made of "/"-separated
 // segments that are non-empty and neither "." nor "..", containing no NUL,
-// no control characters and no backslash, and neither starting nor ending
+// no control characters, no backslash and no U+10FFFF (see AfterPrefix), and neither starting nor ending
 // with "/". These rules keep the local-folder driver confined to its root
 // and the same key meaning the same object on every backend.
 func ValidKey(key string) error {
@@ -26,7 +26,7 @@ func ValidKey(key string) error {
 		return fmt.Errorf("%w: key %q is not valid UTF-8", ErrInvalidKey, key)
 	}
 	for _, r := range key {
-		if r < 0x20 || r == 0x7f || r == '\\' {
+		if r < 0x20 || r == 0x7f || r == '\\' || r == 0x10FFFF {
 			return fmt.Errorf("%w: key %q contains the character %U", ErrInvalidKey, key, r)
 		}
 	}

@@ -72,5 +72,9 @@ func (p *prefixed) List(ctx context.Context, opts ListOptions) (ListPage, error)
 	for i := range page.Objects {
 		page.Objects[i] = p.strip(page.Objects[i])
 	}
+	for i := range page.Prefixes {
+		page.Prefixes[i] = strings.TrimPrefix(page.Prefixes[i], p.p)
+	}
+	page.Next = strings.TrimPrefix(page.Next, p.p)
 	return page, err
 }

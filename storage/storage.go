@@ -58,7 +58,12 @@ type ListOptions struct {
 	Prefix string
 	// StartAfter returns only keys strictly greater than it.
 	StartAfter string
-	// MaxKeys bounds the page size; <= 0 or > 1000 means 1000.
+	// Delimiter, when "/", groups keys that contain a "/" after Prefix
+	// into ListPage.Prefixes (one entry per distinct Prefix+segment+"/"),
+	// as S3's delimiter does. Only "" and "/" are allowed.
+	Delimiter string
+	// MaxKeys bounds the page size (objects plus prefixes); <= 0 or > 1000
+	// means 1000.
 	MaxKeys int
 }
 
@@ -70,10 +75,18 @@ type ListPage struct {
 	// Objects are in ascending byte-wise (UTF-8 binary) key order. Their
 	// ContentType may be empty.
 	Objects []Attrs
-	// More reports whether keys beyond the last returned one may exist;
-	// continue with StartAfter set to the last returned key.
-	More bool
+	// Prefixes are the grouped common prefixes when a Delimiter was given,
+	// each ending in the delimiter, in ascending order.
+	Prefixes []string
+	// Next is the StartAfter value that continues the listing, or "" when
+	// the listing is complete. After a common prefix P it is P followed by
+	// U+10FFFF, so the next page starts after every key under P.
+	Next string
 }
+
+// AfterPrefix is the StartAfter value that skips every key under the
+// common prefix p (keys are valid UTF-8, so none sorts above U+10FFFF).
+func AfterPrefix(p string) string { return p + "\U0010FFFF" }
 
 // Bucket is one object namespace: an S3 bucket, a local folder, or memory.
 //
@@ -128,10 +141,10 @@ func Walk(ctx context.Context, b Bucket, opts ListOptions) iter.Seq2[Attrs, erro
 					return
 				}
 			}
-			if !page.More || len(page.Objects) == 0 {
+			if page.Next == "" {
 				return
 			}
-			opts.StartAfter = page.Objects[len(page.Objects)-1].Key
+			opts.StartAfter = page.Next
 		}
 	}
 }
