@@ -1,7 +1,3 @@
-// Package fhirstore keeps versioned FHIR resources over a storage.Bucket,
-// in the object layout of docs/object-layout.md: current pointers,
-// immutable version objects, type and system history events, tombstones,
-// the crash-safe write protocol with roll-forward, and tenancy.
 package fhirstore
 
 import (

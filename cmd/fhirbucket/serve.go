@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"fhirbucket/server"
+)
+
+const serveSummary = `Serve the FHIR R4 REST API. The FHIR base is the server root (or --base-path);
+/healthz and /readyz stay at the root.`
+
+// serve runs the HTTP server until ctx ends (SIGINT/SIGTERM), then shuts
+// down gracefully: the listener closes and in-flight requests finish
+// within the shutdown timeout.
+func serve(ctx context.Context, args, environ []string, stderr io.Writer) error {
+	fs, v := newFlagSet("serve", serveSummary, stderr, serveSettings, storeSettings)
+	if err := v.parse(fs, args, environ); err != nil {
+		return err
+	}
+	log, err := newLogger(v, stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := serverConfig(v)
+	if err != nil {
+		return err
+	}
+	readHeader, err := v.duration("read-header-timeout")
+	if err != nil {
+		return err
+	}
+	shutdownTimeout, err := v.duration("shutdown-timeout")
+	if err != nil {
+		return err
+	}
+	be, err := openBackend(ctx, v, log, cfg.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	cfg.Store, cfg.Ready, cfg.Logger, cfg.SoftwareVersion = be.store, be.ready, log, softwareVersion()
+	h, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+
+	addr := v.str("addr")
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", v.label("addr"), err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeader,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "storage", be.desc,
+		"tenant_routing", cfg.TenantRouting.String(), "base_path", cfg.BasePath, "version", softwareVersion())
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", shutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", shutdownTimeout, err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// serverConfig reads the HTTP settings into a server.Config (without the
+// store).
+func serverConfig(v *values) (server.Config, error) {
+	var cfg server.Config
+	routing, err := v.oneOf("tenant-routing", "header", "path", "both")
+	if err != nil {
+		return cfg, err
+	}
+	cfg.TenantRouting, _ = server.ParseTenantRouting(routing)
+	if cfg.MaxBodyBytes, err = v.positiveInt("max-body-bytes"); err != nil {
+		return cfg, err
+	}
+	cfg.BaseURL, cfg.BasePath = v.str("base-url"), v.str("base-path")
+	if _, err := server.ParseBaseURL(cfg.BaseURL); err != nil {
+		return cfg, fmt.Errorf("%s: %w", v.label("base-url"), err)
+	}
+	if _, err := server.CleanBasePath(cfg.BasePath); err != nil {
+		return cfg, fmt.Errorf("%s: %w", v.label("base-path"), err)
+	}
+	return cfg, nil
+}

@@ -1,0 +1,380 @@
+package fhirstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"fhirbucket/fhir"
+	"fhirbucket/storage"
+)
+
+// WriteOptions control Update and Delete.
+type WriteOptions struct {
+	IfMatch *Match // nil = unconditional
+}
+
+// current is what a writer knows of current.json: the version it holds
+// (res == nil: the object does not exist) and its storage ETag, the
+// precondition of the next pointer move.
+type current struct {
+	res  *Resource
+	etag string
+}
+
+func (c *current) version() int {
+	if c.res == nil {
+		return 0
+	}
+	return c.res.Version
+}
+
+// readCurrent GETs current.json (1 GET).
+func (s *Store) readCurrent(ctx context.Context, sc scope, typ, id string) (*current, error) {
+	data, attrs, err := storage.ReadAll(ctx, sc.b, currentKey(typ, id))
+	if errors.Is(err, storage.ErrNotExist) {
+		return &current{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fhirstore: reading %s/%s: %w", typ, id, err)
+	}
+	res, err := decodeEnvelope(data, sc.tenant, typ, id, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fhirstore: %s: %w", currentKey(typ, id), err)
+	}
+	return &current{res: res, etag: attrs.ETag}, nil
+}
+
+// errIDTaken reports that a server-assigned id was already claimed; Create
+// draws another one.
+var errIDTaken = errors.New("fhirstore: id already in use")
+
+// buildFunc computes the next version from the current one (nil: no
+// resource). Returning (nil, nil) means there is nothing to write.
+type buildFunc func(cur *Resource, lastUpdated time.Time) (*Resource, error)
+
+// write runs the write protocol of the package doc for one resource. known,
+// when non-nil, is the current state the caller already knows (Create knows
+// that a fresh id has none), which saves the GET of the first attempt.
+func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *current, creating bool,
+	opts WriteOptions, build buildFunc) (*Resource, error) {
+	for attempt := 0; ; attempt++ {
+		cur := known
+		known = nil
+		if cur == nil {
+			var err error
+			if cur, err = s.readCurrent(ctx, sc, typ, id); err != nil {
+				return nil, err
+			}
+		}
+		if opts.IfMatch != nil && !opts.IfMatch.matches(cur.res) {
+			return nil, preconditionError(typ, id, opts.IfMatch, cur.res)
+		}
+		lastUpdated := truncMS(s.now())
+		if cur.res != nil && lastUpdated.Before(cur.res.LastModified) {
+			// Keep lastUpdated monotonic along a resource's versions even
+			// when writers' clocks disagree, so instance history (newest
+			// version first) is also newest time first and _since can stop
+			// at the first older version.
+			lastUpdated = cur.res.LastModified
+		}
+		next, err := build(cur.res, lastUpdated)
+		if err != nil || next == nil {
+			return nil, err
+		}
+		next.Version = cur.version() + 1
+		data := encodeEnvelope(next)
+
+		// Step 1: claim the version number.
+		_, err = sc.b.Put(ctx, versionKey(typ, id, next.Version), bytes.NewReader(data),
+			storage.PutOptions{ContentType: contentTypeJSON, IfNoneMatch: "*", Size: int64(len(data))})
+		switch {
+		case err == nil:
+			if err := s.finish(ctx, sc, typ, id, cur, next, data); err != nil {
+				return nil, err
+			}
+			return next, nil
+		case errors.Is(err, storage.ErrPreconditionFailed):
+			if creating {
+				return nil, errIDTaken
+			}
+			// Someone holds version N+1: a live writer between its steps,
+			// or one that crashed after its claim. Roll it forward either
+			// way (the same bytes a live writer would write; see the
+			// package doc), so that a crashed claim never blocks the
+			// resource and a conditional client re-reading sees the new
+			// version.
+			if err := s.rollForward(ctx, sc, typ, id, cur); err != nil {
+				return nil, err
+			}
+			if opts.IfMatch != nil {
+				return nil, preconditionError(typ, id, opts.IfMatch, nil)
+			}
+		case errors.Is(err, storage.ErrConflict):
+			// 409: a concurrent conditional write of the same key; nothing
+			// was written. Same treatment as a lost race.
+		default:
+			return nil, fmt.Errorf("fhirstore: claiming %s/%s version %d: %w", typ, id, next.Version, err)
+		}
+		if attempt >= s.retries {
+			return nil, fmt.Errorf("%w: %s/%s: version %d was taken by a concurrent writer %d times",
+				ErrVersionConflict, typ, id, next.Version, attempt+1)
+		}
+		if err := sleepJitter(ctx, attempt); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func preconditionError(typ, id string, m *Match, cur *Resource) error {
+	switch {
+	case cur == nil:
+		return fmt.Errorf("%w: If-Match %s: %s/%s has a newer or no current version", ErrPreconditionFailed, m, typ, id)
+	case cur.Deleted():
+		return fmt.Errorf("%w: If-Match %s: %s/%s is deleted at version %d", ErrPreconditionFailed, m, typ, id, cur.Version)
+	}
+	return fmt.Errorf("%w: If-Match %s: %s/%s is at version %d", ErrPreconditionFailed, m, typ, id, cur.Version)
+}
+
+// sleepJitter waits a random time up to min(2^attempt, 64) ms so that
+// writers that lost a race do not retry in lockstep.
+func sleepJitter(ctx context.Context, attempt int) error {
+	limit := 1 << min(attempt, 6)
+	d := time.Duration(mrand.Int64N(int64(limit)*int64(time.Millisecond)) + int64(100*time.Microsecond))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// finish runs steps 2 and 3 for a claimed version next whose envelope bytes
+// are data: it moves current.json from cur to next and writes both events,
+// in parallel. It succeeds when all three are in place, whoever wrote them.
+func (s *Store) finish(ctx context.Context, sc scope, typ, id string, cur *current, next *Resource, data []byte) error {
+	ev := encodeEvent(next)
+	var wg sync.WaitGroup
+	var errCur, errType, errSys error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		errType = s.putEvent(ctx, sc.b, typeEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
+	}()
+	go func() {
+		defer wg.Done()
+		errSys = s.putEvent(ctx, sc.b, systemEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
+	}()
+	errCur = s.movePointer(ctx, sc, typ, id, cur, next, data)
+	wg.Wait()
+	if errType == nil {
+		s.noteNewest(sc.tenant+"\x00"+typeEventPrefix(typ), next.LastModified.UnixMilli())
+	}
+	if errSys == nil {
+		s.noteNewest(sc.tenant+"\x00"+systemEventPrefix, next.LastModified.UnixMilli())
+	}
+	if err := errors.Join(errCur, errType, errSys); err != nil {
+		return fmt.Errorf("fhirstore: %s/%s version %d is committed but not complete (the next write or a repair rolls it forward): %w",
+			typ, id, next.Version, err)
+	}
+	return nil
+}
+
+func (s *Store) putEvent(ctx context.Context, b storage.Bucket, key string, ev []byte) error {
+	_, err := b.Put(ctx, key, bytes.NewReader(ev), storage.PutOptions{ContentType: contentTypeJSON, Size: int64(len(ev))})
+	return err
+}
+
+// movePointer writes current.json = data (version next.Version) under the
+// precondition that it still holds cur. When the precondition fails it
+// re-reads current.json: a version >= next means someone (a roll-forward)
+// already moved it there or beyond, which is success; the same version as
+// cur under a new ETag (or a 409) means try again with the new ETag. The
+// pointer can never move backwards: every move is conditional on the ETag
+// of version N and writes N+1, and only the one claimant of N+1 (or a
+// roll-forward copying its bytes) ever writes N+1.
+func (s *Store) movePointer(ctx context.Context, sc scope, typ, id string, cur *current, next *Resource, data []byte) error {
+	for attempt := 0; ; attempt++ {
+		opts := storage.PutOptions{ContentType: contentTypeJSON, Size: int64(len(data))}
+		if cur.res == nil {
+			opts.IfNoneMatch = "*"
+		} else {
+			opts.IfMatch = cur.etag
+		}
+		_, err := sc.b.Put(ctx, currentKey(typ, id), bytes.NewReader(data), opts)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, storage.ErrPreconditionFailed) && !errors.Is(err, storage.ErrNotExist) &&
+			!errors.Is(err, storage.ErrConflict) {
+			return fmt.Errorf("moving current.json: %w", err)
+		}
+		now, rerr := s.readCurrent(ctx, sc, typ, id)
+		if rerr != nil {
+			return rerr
+		}
+		switch v := now.version(); {
+		case v >= next.Version:
+			return nil
+		case v != next.Version-1:
+			return fmt.Errorf("current.json of %s/%s is at version %d while version %d was claimed: %w",
+				typ, id, v, next.Version, err)
+		}
+		if attempt >= s.retries {
+			return fmt.Errorf("moving current.json: %w", err)
+		}
+		cur = now
+	}
+}
+
+// rollForward completes the version claimed right after cur (N+1): it
+// copies _history/{N+1}.json byte for byte to current.json (If-Match the
+// ETag of N) and writes its events. It is a no-op when N+1 does not exist.
+// The bytes are the claimant's own, so whether the claimant is alive or
+// crashed, current.json ends up exactly as the claimant would have left it.
+func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current) error {
+	v := cur.version() + 1
+	data, _, err := storage.ReadAll(ctx, sc.b, versionKey(typ, id, v))
+	if errors.Is(err, storage.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fhirstore: rolling forward %s/%s version %d: %w", typ, id, v, err)
+	}
+	res, err := decodeEnvelope(data, sc.tenant, typ, id, v)
+	if err != nil {
+		return fmt.Errorf("fhirstore: rolling forward %s: %w", versionKey(typ, id, v), err)
+	}
+	return s.finish(ctx, sc, typ, id, cur, res, data)
+}
+
+// newID draws a server-assigned id: 32 lowercase hex digits (128 random bits).
+func newID() string {
+	var r [16]byte
+	_, _ = rand.Read(r[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(r[:])
+}
+
+// validate runs body through the validator and checks its resourceType.
+// Validation failures wrap ErrInvalid and the *fhir.ValidationError; a body
+// over the size limit passes fhir.ErrTooLarge through.
+func (s *Store) validate(body []byte, typ string) (fhir.Info, error) {
+	info, err := s.validator.Validate(body)
+	if err != nil {
+		if errors.Is(err, fhir.ErrTooLarge) {
+			return info, fmt.Errorf("fhirstore: %w", err)
+		}
+		return info, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if info.Type != typ {
+		return info, fmt.Errorf("%w: resourceType %q does not match the resource type %q of the request", ErrInvalid, info.Type, typ)
+	}
+	return info, nil
+}
+
+// Create stores a new resource of type typ with a server-assigned id (32
+// lowercase hex digits) as version 1 (method POST). Any id, meta.versionId
+// or meta.lastUpdated in body is replaced. Cost: exactly 4 PUTs (claim,
+// current.json, two events), no GET or HEAD.
+func (s *Store) Create(ctx context.Context, tenant, typ string, body []byte) (*Resource, error) {
+	sc, err := s.checkTarget(tenant, typ, "", false)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.validate(body, typ); err != nil {
+		return nil, err
+	}
+	for range 3 {
+		id := newID()
+		res, err := s.write(ctx, sc, typ, id, &current{}, true, WriteOptions{}, func(_ *Resource, lu time.Time) (*Resource, error) {
+			content, err := fhir.SetMeta(body, id, "1", lu)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
+			return &Resource{Type: typ, ID: id, Tenant: tenant, Content: content, CreatedAt: lu, LastModified: lu, Method: MethodPost}, nil
+		})
+		if errors.Is(err, errIDTaken) {
+			continue
+		}
+		return res, err
+	}
+	return nil, fmt.Errorf("%w: could not draw an unused id", ErrVersionConflict)
+}
+
+// Update writes a new version of typ/id with method PUT.
+//
+// Decisions: when typ/id does not exist it is created as version 1 and
+// created is true (FHIR update-as-create, 201). A PUT on a tombstone
+// restores the resource as the next version with created == false: the
+// resource and its history already exist, only its current version was a
+// deletion, so the answer is 200 with the new version; created_at keeps
+// the time of the original version 1. body's resourceType must be typ and
+// its id must equal id (missing or different -> ErrInvalid). With
+// opts.IfMatch not matching the current version -> ErrPreconditionFailed
+// (see Match for "*" and tombstones); an If-Match on a missing resource
+// fails and never creates. A lost race of an unconditional update is
+// retried up to Config.WriteRetries times, then ErrVersionConflict. Cost
+// with a known current: 1 GET + 4 PUTs.
+func (s *Store) Update(ctx context.Context, tenant, typ, id string, body []byte, opts WriteOptions) (res *Resource, created bool, err error) {
+	sc, err := s.checkTarget(tenant, typ, id, true)
+	if err != nil {
+		return nil, false, err
+	}
+	info, err := s.validate(body, typ)
+	if err != nil {
+		return nil, false, err
+	}
+	if info.ID == "" {
+		return nil, false, fmt.Errorf("%w: the resource has no id; an update must carry id %q", ErrInvalid, id)
+	}
+	if info.ID != id {
+		return nil, false, fmt.Errorf("%w: the resource id %q does not match the id %q of the request", ErrInvalid, info.ID, id)
+	}
+	res, err = s.write(ctx, sc, typ, id, nil, false, opts, func(cur *Resource, lu time.Time) (*Resource, error) {
+		v, createdAt := 1, lu
+		created = cur == nil
+		if cur != nil {
+			v, createdAt = cur.Version+1, cur.CreatedAt
+		}
+		content, err := fhir.SetMeta(body, id, strconv.Itoa(v), lu)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		return &Resource{Type: typ, ID: id, Tenant: tenant, Content: content, CreatedAt: createdAt, LastModified: lu, Method: MethodPut}, nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return res, created, nil
+}
+
+// Delete writes a tombstone: a new version with method DELETE and
+// deleted_at set, whose content is the previous version's content byte for
+// byte (its meta.versionId therefore still names the previous version; the
+// tombstone's own version is Resource.Version). Deleting a missing or
+// already deleted resource writes nothing and returns (nil, nil), also
+// with an If-Match naming the tombstone's version. IfMatch not holding ->
+// ErrPreconditionFailed (also on a missing resource). Cost with a known
+// current: 1 GET + 4 PUTs; 1 GET when there is nothing to delete.
+func (s *Store) Delete(ctx context.Context, tenant, typ, id string, opts WriteOptions) (*Resource, error) {
+	sc, err := s.checkTarget(tenant, typ, id, true)
+	if err != nil {
+		return nil, err
+	}
+	return s.write(ctx, sc, typ, id, nil, false, opts, func(cur *Resource, lu time.Time) (*Resource, error) {
+		if cur == nil || cur.Deleted() {
+			return nil, nil
+		}
+		return &Resource{Type: typ, ID: id, Tenant: tenant, Content: cur.Content, CreatedAt: cur.CreatedAt,
+			LastModified: lu, DeletedAt: &lu, Method: MethodDelete}, nil
+	})
+}

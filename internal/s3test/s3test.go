@@ -1,0 +1,413 @@
+// Package s3test gives tests a real S3-compatible server: MinIO, versitygw,
+// or (when credentials are given) AWS S3. It is test-only code: it creates
+// and removes buckets, which production code never does.
+//
+// Each server kind is gated by an environment variable, so a plain
+// `go test ./...` needs nothing installed; `make test` sets all of them:
+//
+//	RUN_MINIO_S3_TESTS=1       MinIO (binary "minio" in $PATH or <repo>/.tools/bin)
+//	RUN_VERSITYGW_S3_TESTS=1   versitygw (binary "versitygw", same places)
+//	RUN_AWS_S3_TESTS=1         AWS S3, with FHIRBUCKET_TEST_AWS_BUCKET naming an
+//	                           existing bucket and the standard AWS credential chain
+//
+// MinIO honours MINIO_ROOT_USER / MINIO_ROOT_PASSWORD (default
+// minioadmin/minioadmin), FHIRBUCKET_TEST_MINIO_ENDPOINT (use a running
+// server instead of starting one) and HFS_MINIO_TEST_BUCKET (use that one
+// bucket, isolating tests by key prefix, instead of creating buckets).
+//
+// A server is started lazily by the first test that asks for it and shared
+// by the whole test binary; the package's TestMain must call Main so that it
+// is stopped at the end:
+//
+//	func TestMain(m *testing.M) { s3test.Main(m) }
+//
+//	func TestSomething(t *testing.T) {
+//		srv := s3test.MinIO(t)               // skips unless RUN_MINIO_S3_TESTS=1
+//		b := srv.NewNamespace(t)             // fresh, empty storage.Bucket
+//		client, bucket := srv.NewBucket(t)   // or a whole new bucket
+//		cmd.Env = append(os.Environ(), srv.Env(bucket)...) // for a spawned server
+//	}
+//
+// Everything a test creates is removed by t.Cleanup.
+package s3test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"fhirbucket/storage"
+	"fhirbucket/storage/s3store"
+)
+
+// Server is a reachable S3-compatible endpoint with root credentials.
+type Server struct {
+	// Kind is "minio", "versitygw" or "aws".
+	Kind string
+	// Endpoint is the base URL ("http://127.0.0.1:PORT"); "" for AWS.
+	Endpoint string
+	// AccessKey and SecretKey are the credentials (empty for AWS, which
+	// uses the standard chain).
+	AccessKey, SecretKey string
+	// Region is the signing region.
+	Region string
+
+	// fixedBucket, when set, is the only bucket tests may use.
+	fixedBucket string
+	admin       *s3.Client
+
+	sharedOnce sync.Once
+	shared     string
+	sharedErr  error
+
+	fixedOnce sync.Once
+	fixedErr  error
+}
+
+var (
+	mainCalled atomic.Bool
+	stopMu     sync.Mutex
+	stops      []func()
+	servers    sync.Map // kind -> *lazy
+)
+
+// lazy starts one server kind at most once per process.
+type lazy struct {
+	once sync.Once
+	srv  *Server
+	err  error
+}
+
+// Main runs the tests and then stops every server the harness started. Call
+// it from TestMain in every package that uses the harness.
+func Main(m *testing.M) {
+	mainCalled.Store(true)
+	code := m.Run()
+	stopAll()
+	os.Exit(code)
+}
+
+func stopAll() {
+	stopMu.Lock()
+	defer stopMu.Unlock()
+	for i := len(stops) - 1; i >= 0; i-- {
+		stops[i]()
+	}
+	stops = nil
+}
+
+func onStop(f func()) {
+	stopMu.Lock()
+	stops = append(stops, f)
+	stopMu.Unlock()
+}
+
+func enabled(t testing.TB, env, what, how string) {
+	t.Helper()
+	if os.Getenv(env) != "1" {
+		t.Skipf("%s tests are disabled: set %s=1 to run them (%s)", what, env, how)
+	}
+}
+
+const localHow = "`make test` does, installing the server into .tools/bin"
+
+func requireMain(t testing.TB) {
+	t.Helper()
+	if !mainCalled.Load() {
+		t.Fatal("s3test: the package's TestMain must call s3test.Main(m), which stops the servers the harness starts")
+	}
+}
+
+func getLazy(kind string, start func() (*Server, error)) (*Server, error) {
+	v, _ := servers.LoadOrStore(kind, &lazy{})
+	l := v.(*lazy)
+	l.once.Do(func() { l.srv, l.err = start() })
+	return l.srv, l.err
+}
+
+// MinIO returns the process-wide MinIO server, starting it on first use. It
+// skips the test unless RUN_MINIO_S3_TESTS=1.
+func MinIO(t testing.TB) *Server {
+	t.Helper()
+	enabled(t, "RUN_MINIO_S3_TESTS", "MinIO", localHow)
+	user := envOr("MINIO_ROOT_USER", "minioadmin")
+	pass := envOr("MINIO_ROOT_PASSWORD", "minioadmin")
+	var srv *Server
+	var err error
+	if ep := os.Getenv("FHIRBUCKET_TEST_MINIO_ENDPOINT"); ep != "" {
+		srv, err = getLazy("minio", func() (*Server, error) {
+			return newServer("minio", strings.TrimSuffix(ep, "/"), user, pass)
+		})
+	} else {
+		requireMain(t)
+		srv, err = getLazy("minio", func() (*Server, error) { return startMinIO(user, pass) })
+	}
+	if err != nil {
+		t.Fatalf("s3test: MinIO: %v", err)
+	}
+	return srv
+}
+
+// VersityGW returns the process-wide versitygw server (posix backend in a
+// temporary folder), starting it on first use. It skips the test unless
+// RUN_VERSITYGW_S3_TESTS=1.
+func VersityGW(t testing.TB) *Server {
+	t.Helper()
+	enabled(t, "RUN_VERSITYGW_S3_TESTS", "versitygw", localHow)
+	requireMain(t)
+	srv, err := getLazy("versitygw", startVersityGW)
+	if err != nil {
+		t.Fatalf("s3test: versitygw: %v", err)
+	}
+	return srv
+}
+
+// AWS returns a client and the bucket named by FHIRBUCKET_TEST_AWS_BUCKET,
+// using the standard credential chain and AWS_REGION. It skips the test
+// unless RUN_AWS_S3_TESTS=1 and the bucket is named. The bucket must exist;
+// tests isolate themselves in it with NewNamespace.
+func AWS(t testing.TB) *Server {
+	t.Helper()
+	enabled(t, "RUN_AWS_S3_TESTS", "AWS S3", "also set FHIRBUCKET_TEST_AWS_BUCKET to an existing bucket, AWS_REGION, and credentials for the standard AWS chain")
+	bucket := os.Getenv("FHIRBUCKET_TEST_AWS_BUCKET")
+	if bucket == "" {
+		t.Skip("AWS S3 tests need FHIRBUCKET_TEST_AWS_BUCKET (an existing bucket) besides RUN_AWS_S3_TESTS=1")
+	}
+	return &Server{Kind: "aws", Region: os.Getenv("AWS_REGION"), fixedBucket: bucket}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// newServer builds the Server for an endpoint and waits until it answers
+// S3 requests.
+func newServer(kind, endpoint, access, secret string) (*Server, error) {
+	s := &Server{Kind: kind, Endpoint: endpoint, AccessKey: access, SecretKey: secret, Region: s3store.DefaultEndpointRegion}
+	if kind == "minio" {
+		s.fixedBucket = os.Getenv("HFS_MINIO_TEST_BUCKET")
+	}
+	s.admin = s3.New(s3.Options{
+		Region:       s.Region,
+		BaseEndpoint: aws.String(endpoint),
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider(access, secret, ""),
+		// Only what an API requires (versitygw and older MinIO differ on
+		// the SDK's default trailing checksums).
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	return s, nil
+}
+
+// Config is the s3store configuration that reaches the server with its
+// root credentials.
+func (s *Server) Config() s3store.Config {
+	if s.Kind == "aws" {
+		return s3store.Config{Region: s.Region}
+	}
+	return s3store.Config{
+		Region:      s.Region,
+		EndpointURL: s.Endpoint,
+		AllowHTTP:   strings.HasPrefix(s.Endpoint, "http://"),
+		Credentials: credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+	}
+}
+
+// NewClient returns a fresh s3store.Client (with its own request counters)
+// for the server.
+func (s *Server) NewClient(t testing.TB) *s3store.Client {
+	t.Helper()
+	c, err := s3store.New(t.Context(), s.Config())
+	if err != nil {
+		t.Fatalf("s3test: s3store.New: %v", err)
+	}
+	return c
+}
+
+// Env returns the environment (KEY=value) that points a spawned fhirbucket
+// process at the server and bucket: AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY, AWS_REGION, FHIRBUCKET_S3_ENDPOINT_URL,
+// FHIRBUCKET_S3_ALLOW_HTTP and FHIRBUCKET_S3_BUCKET.
+func (s *Server) Env(bucket string) []string {
+	env := []string{"FHIRBUCKET_S3_BUCKET=" + bucket}
+	if s.Region != "" {
+		env = append(env, "AWS_REGION="+s.Region)
+	}
+	if s.Kind == "aws" {
+		return env
+	}
+	return append(env,
+		"AWS_ACCESS_KEY_ID="+s.AccessKey,
+		"AWS_SECRET_ACCESS_KEY="+s.SecretKey,
+		"FHIRBUCKET_S3_ENDPOINT_URL="+s.Endpoint,
+		fmt.Sprintf("FHIRBUCKET_S3_ALLOW_HTTP=%t", strings.HasPrefix(s.Endpoint, "http://")),
+	)
+}
+
+// CanCreateBuckets reports whether NewBucket creates a new, empty bucket
+// (false on AWS and with HFS_MINIO_TEST_BUCKET, where it returns the one
+// fixed bucket).
+func (s *Server) CanCreateBuckets() bool { return s.fixedBucket == "" }
+
+// NewBucket creates an empty bucket with a unique name and returns a new
+// client and the bucket's name; t.Cleanup deletes its objects and the
+// bucket. With HFS_MINIO_TEST_BUCKET set (or on AWS), no bucket is created:
+// the fixed bucket is returned and may hold other tests' objects, so use
+// NewNamespace when emptiness matters.
+func (s *Server) NewBucket(t testing.TB) (*s3store.Client, string) {
+	t.Helper()
+	client := s.NewClient(t)
+	if s.fixedBucket != "" {
+		if err := s.ensureFixed(); err != nil {
+			t.Fatalf("s3test: bucket %s on %s: %v", s.fixedBucket, s.Kind, err)
+		}
+		return client, s.fixedBucket
+	}
+	name := uniqueName("fhirbucket-test")
+	if err := s.createBucket(t.Context(), name); err != nil {
+		t.Fatalf("s3test: creating bucket %s on %s: %v", name, s.Kind, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.removeBucket(ctx, client.Bucket(name)); err != nil {
+			t.Errorf("s3test: removing bucket %s: %v", name, err)
+		}
+	})
+	return client, name
+}
+
+// NewNamespace returns a fresh, empty storage.Bucket: a unique key prefix
+// (storage.Prefixed) in a bucket shared by the tests of this process (or the
+// fixed bucket). t.Cleanup deletes every key under the prefix.
+func (s *Server) NewNamespace(t testing.TB) storage.Bucket {
+	t.Helper()
+	bucket, err := s.sharedBucket()
+	if err != nil {
+		t.Fatalf("s3test: shared bucket on %s: %v", s.Kind, err)
+	}
+	client := s.NewClient(t)
+	prefix := uniqueName("ns")
+	b, err := storage.Prefixed(client.Bucket(bucket), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := deleteAll(ctx, b); err != nil {
+			t.Errorf("s3test: removing prefix %s of bucket %s: %v", prefix, bucket, err)
+		}
+	})
+	return b
+}
+
+// sharedBucket is the fixed bucket, or one bucket created on first use and
+// removed when Main stops the servers.
+func (s *Server) sharedBucket() (string, error) {
+	if s.fixedBucket != "" {
+		return s.fixedBucket, s.ensureFixed()
+	}
+	s.sharedOnce.Do(func() {
+		name := uniqueName("fhirbucket-shared")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.createBucket(ctx, name); err != nil {
+			s.sharedErr = err
+			return
+		}
+		s.shared = name
+		onStop(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if c, err := s3store.New(ctx, s.Config()); err == nil {
+				_ = s.removeBucket(ctx, c.Bucket(name))
+			}
+		})
+	})
+	return s.shared, s.sharedErr
+}
+
+// ensureFixed creates the fixed bucket (HFS_MINIO_TEST_BUCKET) if it does
+// not exist yet. It is never removed: it belongs to whoever named it. On
+// AWS the bucket must already exist.
+func (s *Server) ensureFixed() error {
+	if s.admin == nil {
+		return nil
+	}
+	s.fixedOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := s.admin.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(s.fixedBucket)}); err == nil {
+			return
+		}
+		s.fixedErr = s.createBucket(ctx, s.fixedBucket)
+	})
+	return s.fixedErr
+}
+
+func (s *Server) createBucket(ctx context.Context, name string) error {
+	if s.admin == nil {
+		return errors.New("creating buckets is not supported on " + s.Kind)
+	}
+	_, err := s.admin.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
+	return err
+}
+
+func (s *Server) removeBucket(ctx context.Context, b *s3store.Bucket) error {
+	if err := deleteAll(ctx, b); err != nil {
+		return err
+	}
+	_, err := s.admin.DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(b.Name())})
+	return err
+}
+
+// deleteAll removes every key of b, a few requests at a time.
+func deleteAll(ctx context.Context, b storage.Bucket) error {
+	var (
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 16)
+		mu   sync.Mutex
+		errs []error
+	)
+	for a, err := range storage.Walk(ctx, b, storage.ListOptions{}) {
+		if err != nil {
+			errs = append(errs, err)
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := b.Delete(ctx, a.Key); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// uniqueName is a valid, unique bucket name or key prefix.
+func uniqueName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", prefix, time.Now().Unix()%100000, hex.EncodeToString(b[:]))
+}

@@ -1,0 +1,82 @@
+package s3test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"fhirbucket/storage"
+)
+
+func TestMain(m *testing.M) { Main(m) }
+
+func TestRepoRoot(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil || !strings.HasPrefix(string(data), "module fhirbucket\n") {
+		t.Errorf("repoRoot() = %s, whose go.mod is not the fhirbucket module (%v)", root, err)
+	}
+}
+
+func TestEnv(t *testing.T) {
+	s := &Server{Kind: "minio", Endpoint: "http://127.0.0.1:9999", AccessKey: "ak", SecretKey: "sk", Region: "us-east-1"}
+	got := s.Env("bkt")
+	for _, want := range []string{
+		"AWS_ACCESS_KEY_ID=ak", "AWS_SECRET_ACCESS_KEY=sk", "AWS_REGION=us-east-1",
+		"FHIRBUCKET_S3_ENDPOINT_URL=http://127.0.0.1:9999", "FHIRBUCKET_S3_ALLOW_HTTP=true", "FHIRBUCKET_S3_BUCKET=bkt",
+	} {
+		if !slices.Contains(got, want) {
+			t.Errorf("Env() = %q, missing %q", got, want)
+		}
+	}
+	if err := s.Config().Validate(); err != nil {
+		t.Errorf("Config() is invalid: %v", err)
+	}
+}
+
+// TestServers checks, for each server kind enabled, that a bucket made by
+// NewBucket works and is gone after its test, and that namespaces are
+// isolated from each other and emptied after their test.
+func TestServers(t *testing.T) {
+	for _, kind := range []struct {
+		name string
+		get  func(testing.TB) *Server
+	}{{"minio", MinIO}, {"versitygw", VersityGW}} {
+		t.Run(kind.name, func(t *testing.T) {
+			srv := kind.get(t)
+			var bucket string
+			var ns storage.Bucket
+			t.Run("use", func(t *testing.T) {
+				client, name := srv.NewBucket(t)
+				bucket = name
+				if err := client.CheckBuckets(t.Context(), name); err != nil {
+					t.Fatalf("new bucket %s: %v", name, err)
+				}
+				ns = srv.NewNamespace(t)
+				other := srv.NewNamespace(t)
+				if _, err := ns.Put(t.Context(), "k", strings.NewReader("v"), storage.PutOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := other.Stat(t.Context(), "k"); !errors.Is(err, storage.ErrNotExist) {
+					t.Errorf("a key of one namespace is visible in another: %v", err)
+				}
+			})
+			if !srv.CanCreateBuckets() {
+				return
+			}
+			err := srv.NewClient(t).CheckBuckets(t.Context(), bucket)
+			if !errors.Is(err, storage.ErrBucketNotFound) {
+				t.Errorf("bucket %s still there after its test: %v", bucket, err)
+			}
+			if _, err := ns.Stat(t.Context(), "k"); !errors.Is(err, storage.ErrNotExist) {
+				t.Errorf("namespace key still there after its test: %v", err)
+			}
+		})
+	}
+}

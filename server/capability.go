@@ -1,0 +1,163 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+
+	"fhirbucket/fhir"
+)
+
+// capabilityDate is CapabilityStatement.date: the day the statement last
+// changed. Change it with the statement, so that every replica of one
+// release serves the same document and ETag.
+const capabilityDate = "2026-11-26"
+
+type capabilityStatement struct {
+	ResourceType   string      `json:"resourceType"`
+	ID             string      `json:"id"`
+	URL            string      `json:"url"`
+	Version        string      `json:"version"`
+	Name           string      `json:"name"`
+	Title          string      `json:"title"`
+	Status         string      `json:"status"`
+	Experimental   bool        `json:"experimental"`
+	Date           string      `json:"date"`
+	Publisher      string      `json:"publisher"`
+	Description    string      `json:"description"`
+	Kind           string      `json:"kind"`
+	Software       capSoftware `json:"software"`
+	Implementation capImpl     `json:"implementation"`
+	FhirVersion    string      `json:"fhirVersion"`
+	Format         []string    `json:"format"`
+	Rest           []capRest   `json:"rest"`
+}
+
+type capSoftware struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+type capImpl struct {
+	Description string `json:"description"`
+	URL         string `json:"url"`
+}
+
+type capRest struct {
+	Mode          string           `json:"mode"`
+	Documentation string           `json:"documentation"`
+	Resource      []capResource    `json:"resource"`
+	Interaction   []capInteraction `json:"interaction"`
+}
+
+type capResource struct {
+	Type              string           `json:"type"`
+	Interaction       []capInteraction `json:"interaction"`
+	Versioning        string           `json:"versioning"`
+	ReadHistory       bool             `json:"readHistory"`
+	UpdateCreate      bool             `json:"updateCreate"`
+	ConditionalCreate bool             `json:"conditionalCreate"`
+	ConditionalRead   string           `json:"conditionalRead"`
+	ConditionalUpdate bool             `json:"conditionalUpdate"`
+	ConditionalDelete string           `json:"conditionalDelete"`
+	SearchParam       []capSearchParam `json:"searchParam"`
+}
+
+type capInteraction struct {
+	Code          string `json:"code"`
+	Documentation string `json:"documentation,omitempty"`
+}
+
+type capSearchParam struct {
+	Name          string `json:"name"`
+	Definition    string `json:"definition"`
+	Type          string `json:"type"`
+	Documentation string `json:"documentation"`
+}
+
+// typeInteractions are the interactions every resource type supports. It
+// must list exactly what the routes implement.
+var typeInteractions = []string{"read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"}
+
+// capabilityStatement builds the statement for the FHIR base base. It
+// states only what this server does: no batch or transaction, no
+// conditional create/update/delete, search by _id (plus _count and
+// _summary=count) only.
+func (s *Server) capabilityStatement(base string) capabilityStatement {
+	var ia []capInteraction
+	for _, c := range typeInteractions {
+		ia = append(ia, capInteraction{Code: c})
+	}
+	cs := capabilityStatement{
+		ResourceType:   "CapabilityStatement",
+		ID:             "fhirbucket",
+		URL:            base + "/metadata",
+		Version:        s.version,
+		Name:           "FhirbucketCapabilityStatement",
+		Title:          "fhirbucket FHIR R4 server",
+		Status:         "active",
+		Date:           capabilityDate,
+		Publisher:      "fhirbucket",
+		Description:    "A FHIR R4 server whose only database is object storage: versioned reads and writes, history at every level, and listing by type.",
+		Kind:           "instance",
+		Software:       capSoftware{Name: "fhirbucket", Version: s.version},
+		Implementation: capImpl{Description: "fhirbucket", URL: base},
+		FhirVersion:    fhir.Version,
+		Format:         []string{"json"},
+	}
+	rest := capRest{
+		Mode: "server",
+		Documentation: "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
+			"unless Prefer: handling=lenient is sent. Conditional create, update and delete, batch and transaction answer 501.",
+		Interaction: []capInteraction{{Code: "history-system"}},
+	}
+	for _, t := range fhir.ResourceTypes() {
+		rest.Resource = append(rest.Resource, capResource{
+			Type:              t,
+			Interaction:       ia,
+			Versioning:        "versioned-update",
+			ReadHistory:       true,
+			UpdateCreate:      true,
+			ConditionalCreate: false,
+			ConditionalRead:   "full-support",
+			ConditionalUpdate: false,
+			ConditionalDelete: "not-supported",
+			SearchParam: []capSearchParam{{
+				Name:          "_id",
+				Definition:    "http://hl7.org/fhir/SearchParameter/Resource-id",
+				Type:          "token",
+				Documentation: "One id or a comma-separated list of ids.",
+			}},
+		})
+	}
+	cs.Rest = []capRest{rest}
+	return cs
+}
+
+func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) {
+	data, err := json.Marshal(s.capabilityStatement(info(r).base))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sum := sha256.Sum256(data)
+	etag := `W/"` + hex.EncodeToString(sum[:8]) + `"`
+	w.Header().Set("ETag", etag)
+	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 && etagMatches(joinHeader(inm), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	s.writeBody(w, http.StatusOK, data)
+}
+
+func joinHeader(vals []string) string {
+	out := ""
+	for i, v := range vals {
+		if i > 0 {
+			out += ","
+		}
+		out += v
+	}
+	return out
+}

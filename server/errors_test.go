@@ -1,0 +1,113 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"fhirbucket/fhir"
+	"fhirbucket/fhirstore"
+	"fhirbucket/storage"
+	"fhirbucket/storage/memstore"
+	"fhirbucket/storage/storagetest"
+)
+
+type faultyBucket struct{ *storagetest.Faulty }
+
+func newFaultyBucket() *faultyBucket {
+	return &faultyBucket{storagetest.NewFaulty(memstore.New())}
+}
+
+// failAll makes every storage call fail as an unreachable store does.
+func (f *faultyBucket) failAll() {
+	for _, op := range []storage.Op{storage.OpGet, storage.OpPut, storage.OpHead, storage.OpList, storage.OpDelete} {
+		f.Add(storagetest.Fault{Op: op, Err: storage.ErrUnavailable})
+	}
+}
+
+// TestErrorTable checks every row of the error table as the store would
+// return it: wrapped, and (for validation) carrying issues.
+func TestErrorTable(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("fhirstore: doing something: %w", err) }
+	validation := fmt.Errorf("%w: %w", fhirstore.ErrInvalid, &fhir.ValidationError{Issues: []fhir.Issue{
+		{Code: "value", Path: "Patient.birthDate", Message: "not a date"},
+		{Code: "structure", Path: "Patient.foo", Message: "unknown element"},
+	}})
+	cases := []struct {
+		name     string
+		err      error
+		status   int
+		code     string
+		internal bool
+	}{
+		{"too large", wrap(fhir.ErrTooLarge), 413, "too-costly", false},
+		{"body limit", &http.MaxBytesError{Limit: 10}, 413, "too-costly", false},
+		{"validation", validation, 400, "invalid", false},
+		{"fhir invalid", wrap(fhir.ErrInvalid), 400, "invalid", false},
+		{"store invalid", wrap(fhirstore.ErrInvalid), 400, "invalid", false},
+		{"tenant", wrap(fhirstore.ErrInvalidTenant), 400, "invalid", false},
+		{"not found", wrap(fhirstore.ErrNotFound), 404, "not-found", false},
+		{"gone", wrap(fhirstore.ErrGone), 410, "deleted", false},
+		{"version conflict", wrap(fhirstore.ErrVersionConflict), 409, "conflict", false},
+		{"precondition", wrap(fhirstore.ErrPreconditionFailed), 412, "conflict", false},
+		{"not supported", wrap(fhirstore.ErrNotSupported), 501, "not-supported", false},
+		{"storage conflict", wrap(&storage.Error{Op: "put", Key: "k", Err: storage.ErrConflict}), 409, "conflict", false},
+		{"unavailable", wrap(&storage.Error{Op: "get", Key: "secret/key", Err: storage.ErrUnavailable}), 503, "transient", true},
+		{"bucket missing", wrap(storage.ErrBucketNotFound), 503, "transient", true},
+		{"access denied", wrap(storage.ErrAccessDenied), 503, "transient", true},
+		{"deadline", wrap(context.DeadlineExceeded), 503, "timeout", true},
+		{"invalid key", wrap(storage.ErrInvalidKey), 400, "invalid", false},
+		{"server decision", httpErrorf(406, "not-supported", "no"), 406, "not-supported", false},
+		{"anything else", errors.New("disk on fire at /secret/path"), 500, "exception", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			status, code, diag, internal := classify(c.err)
+			if status != c.status || code != c.code || internal != c.internal {
+				t.Errorf("classify = %d %s internal=%v, want %d %s internal=%v", status, code, internal, c.status, c.code, c.internal)
+			}
+			if internal && (strings.Contains(diag, "secret") || strings.Contains(diag, "fire")) {
+				t.Errorf("internal detail in diagnostics: %q", diag)
+			}
+
+			// The same through the writer, as a client sees it.
+			s := &Server{log: discardLogger()}
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest("GET", "/Patient/1", nil)
+			s.writeError(rec, req, c.err)
+			r := &response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
+			mustStatus(t, c.name, r, c.status)
+			isOutcome(t, c.name, r, c.code)
+			if (c.status == 503) != (r.header.Get("Retry-After") != "") {
+				t.Errorf("Retry-After %q with status %d", r.header.Get("Retry-After"), c.status)
+			}
+			if c.name == "validation" {
+				body := string(r.body)
+				for _, want := range []string{`"expression":["Patient.birthDate"]`, `"expression":["Patient.foo"]`, `"code":"value"`} {
+					if !strings.Contains(body, want) {
+						t.Errorf("validation outcome lacks %s: %s", want, body)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestClientGone: a canceled request writes nothing and is logged as 499.
+func TestClientGone(t *testing.T) {
+	s := &Server{log: discardLogger()}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/Patient/1", nil).WithContext(ctx)
+	ri := &reqInfo{}
+	req = req.WithContext(context.WithValue(req.Context(), ctxKey{}, ri))
+	s.writeError(rec, req, fmt.Errorf("reading: %w", context.Canceled))
+	if rec.Body.Len() != 0 || ri.status != statusClientClosed {
+		t.Errorf("canceled request: body %q, logged status %d", rec.Body.String(), ri.status)
+	}
+}

@@ -1,0 +1,306 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"fhirbucket/fhir"
+	"fhirbucket/fhirstore"
+)
+
+// checkType validates the {type} path segment: an operation ("$name")
+// answers 501, an unknown type 404 (as FHIR http.html lists for create).
+func checkType(typ string) error {
+	if strings.HasPrefix(typ, "$") {
+		return httpErrorf(http.StatusNotImplemented, "not-supported", "operation %s is not supported by this server", typ)
+	}
+	if !fhir.IsResourceType(typ) {
+		return httpErrorf(http.StatusNotFound, "not-supported", "%q is not a FHIR R4 resource type (names are case-sensitive, e.g. Patient)", typ)
+	}
+	return nil
+}
+
+// checkID validates an {id} segment: an operation answers 501, an id that
+// breaks the FHIR id rules 400.
+func checkID(typ, id string) error {
+	if strings.HasPrefix(id, "$") {
+		return httpErrorf(http.StatusNotImplemented, "not-supported", "operation %s on %s is not supported by this server", id, typ)
+	}
+	if !fhir.ValidID(id) {
+		return httpErrorf(http.StatusBadRequest, "invalid", "%q is not a valid FHIR id: use 1 to 64 characters from A-Z a-z 0-9 - .", id)
+	}
+	return nil
+}
+
+// typeAndID reads and checks {type} and {id}.
+func typeAndID(r *http.Request) (typ, id string, err error) {
+	typ, id = r.PathValue("type"), r.PathValue("id")
+	if err := checkType(typ); err != nil {
+		return "", "", err
+	}
+	if err := checkID(typ, id); err != nil {
+		return "", "", err
+	}
+	return typ, id, nil
+}
+
+// readBody checks the Content-Type and reads the body, up to the limit.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if err := checkContentType(r); err != nil {
+		return nil, err
+	}
+	if r.ContentLength > s.maxBody {
+		return nil, httpErrorf(http.StatusRequestEntityTooLarge, "too-costly", "the request body is %d bytes, larger than the limit of %d bytes", r.ContentLength, s.maxBody)
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, err
+		}
+		if ctxErr := r.Context().Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, httpErrorf(http.StatusBadRequest, "structure", "reading the request body: %v", err)
+	}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, httpErrorf(http.StatusBadRequest, "required", "the request body is empty; send a FHIR resource in JSON")
+	}
+	return data, nil
+}
+
+// writeOptions parses If-Match.
+func writeOptions(r *http.Request) (fhirstore.WriteOptions, error) {
+	var opts fhirstore.WriteOptions
+	vals := r.Header.Values("If-Match")
+	if len(vals) == 0 {
+		return opts, nil
+	}
+	m, err := fhirstore.ParseIfMatch(strings.Join(vals, ","))
+	if err != nil {
+		return opts, err
+	}
+	opts.IfMatch = m
+	return opts, nil
+}
+
+// versionURL is the Location of one version.
+func versionURL(base string, res *fhirstore.Resource) string {
+	return base + "/" + res.Type + "/" + res.ID + "/_history/" + res.VersionID()
+}
+
+// writeResult answers a successful create or update according to Prefer.
+func (s *Server) writeResult(w http.ResponseWriter, r *http.Request, status int, res *fhirstore.Resource, created bool) {
+	setVersionHeaders(w, res)
+	if created {
+		w.Header().Set("Location", versionURL(info(r).base, res))
+	}
+	switch parsePrefer(r).ret {
+	case "minimal":
+		w.WriteHeader(status)
+	case "OperationOutcome":
+		what := "updated"
+		if created {
+			what = "created"
+		}
+		s.writeJSON(w, status, outcome{ResourceType: "OperationOutcome", Issue: []issue{{
+			Severity: "information", Code: "informational",
+			Diagnostics: fmt.Sprintf("%s/%s %s as version %s", res.Type, res.ID, what, res.VersionID()),
+		}}})
+	default:
+		s.writeBody(w, status, res.Content)
+	}
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	typ := r.PathValue("type")
+	if err := checkType(typ); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if r.Header.Get("If-None-Exist") != "" {
+		s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "conditional create (If-None-Exist) is not supported: this server has no search index; nothing was written"))
+		return
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, err := s.store.Create(r.Context(), info(r).tenant, typ, body)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeResult(w, r, http.StatusCreated, res, true)
+}
+
+func (s *Server) update(w http.ResponseWriter, r *http.Request) {
+	typ, id, err := typeAndID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	opts, err := writeOptions(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, created, err := s.store.Update(r.Context(), info(r).tenant, typ, id, body, opts)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	s.writeResult(w, r, status, res, created)
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	typ, id, err := typeAndID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	opts, err := writeOptions(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, err := s.store.Delete(r.Context(), info(r).tenant, typ, id, opts)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if res != nil {
+		// The tombstone's tag lets a client revive the resource with If-Match.
+		w.Header().Set("ETag", res.ETag())
+	}
+	if parsePrefer(r).ret == "OperationOutcome" {
+		msg := fmt.Sprintf("%s/%s was not present or already deleted; nothing changed", typ, id)
+		if res != nil {
+			msg = fmt.Sprintf("%s/%s deleted as version %s", typ, id, res.VersionID())
+		}
+		s.writeJSON(w, http.StatusOK, outcome{ResourceType: "OperationOutcome", Issue: []issue{{
+			Severity: "information", Code: "informational", Diagnostics: msg,
+		}}})
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request) {
+	typ, id, err := typeAndID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, err := s.store.Read(r.Context(), info(r).tenant, typ, id)
+	s.writeVersion(w, r, res, err)
+}
+
+func (s *Server) vread(w http.ResponseWriter, r *http.Request) {
+	typ, id, err := typeAndID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	vid := r.PathValue("vid")
+	if !fhir.ValidID(vid) {
+		s.writeError(w, r, httpErrorf(http.StatusBadRequest, "invalid", "%q is not a valid version id", vid))
+		return
+	}
+	res, err := s.store.VRead(r.Context(), info(r).tenant, typ, id, vid)
+	s.writeVersion(w, r, res, err)
+}
+
+// writeVersion answers a read or vread, honouring If-None-Match and
+// If-Modified-Since (conditional read).
+func (s *Server) writeVersion(w http.ResponseWriter, r *http.Request, res *fhirstore.Resource, err error) {
+	if err != nil {
+		if res != nil && errors.Is(err, fhirstore.ErrGone) {
+			setVersionHeaders(w, res)
+		}
+		s.writeError(w, r, err)
+		return
+	}
+	setVersionHeaders(w, res)
+	if notModified(r, res) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	s.writeBody(w, http.StatusOK, res.Content)
+}
+
+// notModified applies RFC 9110 §13.2.2: If-None-Match, when present,
+// decides alone; else If-Modified-Since compares at one-second precision.
+func notModified(r *http.Request, res *fhirstore.Resource) bool {
+	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 {
+		return etagMatches(strings.Join(inm, ","), res.ETag())
+	}
+	if ims := r.Header.Get("If-Modified-Since"); ims != "" && !res.LastModified.IsZero() {
+		t, err := http.ParseTime(ims)
+		if err != nil {
+			return false // an unparsable date is ignored (RFC 9110)
+		}
+		return !res.LastModified.Truncate(time.Second).After(t)
+	}
+	return false
+}
+
+// postInstance answers POST /{type}/{id}: an instance operation, or a
+// method FHIR does not define on an instance.
+func (s *Server) postInstance(w http.ResponseWriter, r *http.Request) {
+	typ, id := r.PathValue("type"), r.PathValue("id")
+	if err := checkType(typ); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if strings.HasPrefix(id, "$") {
+		s.writeError(w, r, checkID(typ, id))
+		return
+	}
+	w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
+	s.writeError(w, r, httpErrorf(http.StatusMethodNotAllowed, "not-supported", "POST is not allowed on %s/%s: create with POST /%s, update with PUT", typ, id, typ))
+}
+
+// conditionalWrite answers PUT and DELETE on a type: conditional update and
+// delete need search, which this server does not have.
+func (s *Server) conditionalWrite(w http.ResponseWriter, r *http.Request) {
+	typ := r.PathValue("type")
+	if err := checkType(typ); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	what := "update"
+	if r.Method == http.MethodDelete {
+		what = "delete"
+	}
+	s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported",
+		"conditional %s (%s /%s?search) is not supported: this server has no search index; address the resource by id (%s /%s/{id}); nothing was written", what, r.Method, typ, r.Method, typ))
+}
+
+// batch answers POST to the base.
+func (s *Server) batch(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "batch and transaction Bundles are not supported by this server yet; nothing was written"))
+}
+
+// searchSystem answers GET on the base (search across all types).
+func (s *Server) searchSystem(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "search across all resource types is not supported; search one type (GET /Patient) or read the system history (GET /_history)"))
+}
+
+// escapeQuery encodes query parameters in a stable order for links.
+func escapeQuery(q url.Values) string { return q.Encode() }

@@ -1,0 +1,506 @@
+// Package server is the FHIR R4 REST API of fhirbucket: an http.Handler
+// that routes requests on the standard net/http mux, negotiates content
+// (JSON only), selects the tenant, calls the resource store, and turns
+// every error into an OperationOutcome and an HTTP status in one place
+// (errors.go).
+//
+// Decisions a client can observe are documented in docs/http-api.md.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"fhirbucket/fhir"
+	"fhirbucket/fhirstore"
+)
+
+// Store is the part of the resource store the server calls.
+// *fhirstore.Store satisfies it.
+type Store interface {
+	Create(ctx context.Context, tenant, typ string, body []byte) (*fhirstore.Resource, error)
+	Update(ctx context.Context, tenant, typ, id string, body []byte, opts fhirstore.WriteOptions) (*fhirstore.Resource, bool, error)
+	Delete(ctx context.Context, tenant, typ, id string, opts fhirstore.WriteOptions) (*fhirstore.Resource, error)
+	Read(ctx context.Context, tenant, typ, id string) (*fhirstore.Resource, error)
+	VRead(ctx context.Context, tenant, typ, id, version string) (*fhirstore.Resource, error)
+	History(ctx context.Context, tenant string, q fhirstore.HistoryQuery) (*fhirstore.HistoryPage, error)
+	List(ctx context.Context, tenant, typ string, q fhirstore.ListQuery) (*fhirstore.ListPage, error)
+	Count(ctx context.Context, tenant, typ string) (int, error)
+}
+
+// TenantRouting selects where the server reads the tenant of a request.
+type TenantRouting int
+
+const (
+	// TenantHeader takes the tenant from the X-Tenant-ID header, or
+	// fhirstore.DefaultTenant when it is absent.
+	TenantHeader TenantRouting = iota
+	// TenantPath takes the tenant from the first path segment below the
+	// base path: /{tenant}/Patient/123.
+	TenantPath
+	// TenantBoth takes the tenant from the path when the first segment is
+	// not a FHIR root segment (a resource type, "metadata", "_history" or
+	// an operation "$…"), else from the header as TenantHeader does.
+	TenantBoth
+)
+
+// ParseTenantRouting maps the setting values "header", "path" and "both".
+func ParseTenantRouting(s string) (TenantRouting, error) {
+	switch s {
+	case "header":
+		return TenantHeader, nil
+	case "path":
+		return TenantPath, nil
+	case "both":
+		return TenantBoth, nil
+	}
+	return 0, fmt.Errorf("tenant routing %q: want header, path or both", s)
+}
+
+func (t TenantRouting) String() string {
+	switch t {
+	case TenantHeader:
+		return "header"
+	case TenantPath:
+		return "path"
+	case TenantBoth:
+		return "both"
+	}
+	return fmt.Sprintf("TenantRouting(%d)", int(t))
+}
+
+// TenantHeaderName is the request header that names the tenant.
+const TenantHeaderName = "X-Tenant-ID"
+
+// DefaultMaxBodyBytes is the request body limit when Config.MaxBodyBytes
+// is 0: the validator's default resource limit.
+const DefaultMaxBodyBytes = fhir.DefaultMaxBytes
+
+// Config configures a Server. Store is required; every other field has a
+// documented default.
+type Config struct {
+	// Store keeps the resources.
+	Store Store
+	// BaseURL is the public URL of the FHIR base (scheme, host and base
+	// path, e.g. "https://fhir.example.org/fhir") used in Location,
+	// fullUrl and Bundle links. With path tenant routing the tenant
+	// segment is appended to it. Default: built from each request
+	// (http or https, Host header, BasePath).
+	BaseURL string
+	// BasePath moves the FHIR base below the server root ("/fhir"). Default
+	// "" (the root). /healthz and /readyz stay at the root.
+	BasePath string
+	// TenantRouting selects where the tenant comes from. Default
+	// TenantHeader.
+	TenantRouting TenantRouting
+	// MaxBodyBytes bounds request bodies; a larger body answers 413.
+	// 0 means DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// Ready reports whether the storage is usable; /readyz answers 503
+	// while it fails. nil means always ready.
+	Ready func(ctx context.Context) error
+	// Logger receives the access log and the detail of internal errors.
+	// Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for Date headers and Bundle timestamps. Default
+	// time.Now.
+	Now func() time.Time
+	// SoftwareVersion is reported in the CapabilityStatement. Default "dev".
+	SoftwareVersion string
+}
+
+// Server is the FHIR REST handler.
+type Server struct {
+	store    Store
+	log      *slog.Logger
+	now      func() time.Time
+	ready    func(ctx context.Context) error
+	routing  TenantRouting
+	basePath string   // "" or "/seg/…", no trailing slash
+	baseURL  *url.URL // nil: from the request
+	maxBody  int64
+	version  string
+	mux      *http.ServeMux
+}
+
+// New checks cfg and returns the handler. Errors name the Config field at
+// fault.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("server: Config.Store is required")
+	}
+	s := &Server{
+		store:   cfg.Store,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		ready:   cfg.Ready,
+		routing: cfg.TenantRouting,
+		maxBody: cfg.MaxBodyBytes,
+		version: cfg.SoftwareVersion,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.maxBody == 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.maxBody < 0 {
+		return nil, fmt.Errorf("server: Config.MaxBodyBytes must be >= 0, got %d", cfg.MaxBodyBytes)
+	}
+	if s.version == "" {
+		s.version = "dev"
+	}
+	switch s.routing {
+	case TenantHeader, TenantPath, TenantBoth:
+	default:
+		return nil, fmt.Errorf("server: Config.TenantRouting %d is not a TenantRouting", int(s.routing))
+	}
+	bp, err := CleanBasePath(cfg.BasePath)
+	if err != nil {
+		return nil, fmt.Errorf("server: Config.BasePath: %w", err)
+	}
+	s.basePath = bp
+	if s.baseURL, err = ParseBaseURL(cfg.BaseURL); err != nil {
+		return nil, fmt.Errorf("server: Config.BaseURL: %w", err)
+	}
+	s.mux = s.routes()
+	return s, nil
+}
+
+// CleanBasePath checks a base path ("fhir", "/fhir/", "/a/b") and returns
+// it as "/seg/…" without a trailing slash ("" for the root).
+func CleanBasePath(p string) (string, error) {
+	p = strings.Trim(p, "/")
+	if p == "" {
+		return "", nil
+	}
+	for seg := range strings.SplitSeq(p, "/") {
+		if seg == "" || seg == "." || seg == ".." || url.PathEscape(seg) != seg {
+			return "", fmt.Errorf("base path %q: segments must be non-empty, not . or .., and need no escaping", p)
+		}
+	}
+	return "/" + p, nil
+}
+
+// ParseBaseURL checks a public base URL: absolute http(s), no query or
+// fragment. "" returns nil (base taken from each request).
+func ParseBaseURL(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("base URL %q must be an absolute http(s) URL without credentials, query or fragment", s)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = ""
+	return u, nil
+}
+
+// routes registers one pattern per interaction. Paths are relative to the
+// FHIR base of the tenant: ServeHTTP strips the base path and the tenant
+// segment first, so the patterns need no tenant wildcard (which would make
+// "/{tenant}/{type}" and "/{type}/{id}" conflict).
+func (s *Server) routes() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("GET /metadata", s.capabilities)
+	m.HandleFunc("GET /{$}", s.searchSystem)
+	m.HandleFunc("POST /{$}", s.batch)
+	m.HandleFunc("GET /_history", s.historySystem)
+	m.HandleFunc("GET /{type}", s.searchType)
+	m.HandleFunc("POST /{type}", s.create)
+	m.HandleFunc("PUT /{type}", s.conditionalWrite)
+	m.HandleFunc("DELETE /{type}", s.conditionalWrite)
+	m.HandleFunc("GET /{type}/_history", s.historyType)
+	m.HandleFunc("GET /{type}/{id}", s.read)
+	m.HandleFunc("PUT /{type}/{id}", s.update)
+	m.HandleFunc("DELETE /{type}/{id}", s.delete)
+	m.HandleFunc("POST /{type}/{id}", s.postInstance)
+	m.HandleFunc("GET /{type}/{id}/_history", s.historyInstance)
+	m.HandleFunc("GET /{type}/{id}/_history/{vid}", s.vread)
+	return m
+}
+
+// reqInfo is what ServeHTTP learns before dispatch.
+type reqInfo struct {
+	id     string // request id, echoed in X-Request-Id and logs
+	tenant string
+	base   string // absolute URL of the tenant's FHIR base, no trailing slash
+	status int    // set by the error writer for the access log
+	err    error  // the error behind a 5xx, for the access log
+}
+
+type ctxKey struct{}
+
+func info(r *http.Request) *reqInfo {
+	if ri, ok := r.Context().Value(ctxKey{}).(*reqInfo); ok {
+		return ri
+	}
+	return &reqInfo{tenant: fhirstore.DefaultTenant}
+}
+
+// statusWriter records the status for the access log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ServeHTTP handles /healthz and /readyz, then strips the base path,
+// selects the tenant, checks the requested format, and dispatches to the
+// mux.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	ri := &reqInfo{id: newID(8), tenant: fhirstore.DefaultTenant}
+	sw := &statusWriter{ResponseWriter: w}
+	sw.Header().Set("X-Request-Id", ri.id)
+	sw.Header().Set("Date", s.now().UTC().Format(http.TimeFormat))
+	r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, ri))
+
+	switch r.URL.Path {
+	case "/healthz":
+		s.healthz(sw, r)
+	case "/readyz":
+		s.readyz(sw, r)
+	default:
+		s.serveFHIR(sw, r)
+	}
+
+	status := sw.status
+	if ri.status != 0 {
+		status = ri.status
+	}
+	attrs := []slog.Attr{
+		slog.String("id", ri.id), slog.String("method", r.Method), slog.String("path", r.URL.RequestURI()),
+		slog.String("tenant", ri.tenant), slog.Int("status", status), slog.Int64("bytes", sw.bytes),
+		slog.Duration("duration", time.Since(start)),
+	}
+	level := slog.LevelInfo
+	if ri.err != nil {
+		attrs = append(attrs, slog.String("error", ri.err.Error()))
+		if status >= 500 {
+			level = slog.LevelError
+		}
+	}
+	s.log.LogAttrs(r.Context(), level, "request", attrs...)
+}
+
+func (s *Server) serveFHIR(w http.ResponseWriter, r *http.Request) {
+	ri := info(r)
+	segs, err := s.splitPath(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := checkAccept(r); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+
+	tenantInURL := false
+	switch s.routing {
+	case TenantHeader:
+		err = s.headerTenant(r)
+	case TenantPath:
+		// /metadata needs no tenant: the statement is the same for all.
+		if len(segs) == 1 && segs[0] == "metadata" {
+			break
+		}
+		if len(segs) == 0 {
+			err = httpErrorf(http.StatusNotFound, "not-found", "tenant routing is by path: request URLs start with /{tenant}/ below the base, e.g. /default/Patient")
+			break
+		}
+		ri.tenant, tenantInURL = segs[0], true
+		segs = segs[1:]
+	case TenantBoth:
+		if len(segs) > 0 && !isFHIRRootSegment(segs[0]) {
+			ri.tenant, tenantInURL = segs[0], true
+			segs = segs[1:]
+		} else {
+			err = s.headerTenant(r)
+		}
+	}
+	if err == nil {
+		err = fhirstore.ValidTenant(ri.tenant)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ri.base = s.publicBase(r)
+	if tenantInURL {
+		ri.base += "/" + url.PathEscape(ri.tenant)
+	}
+
+	// Rebuild the URL relative to the tenant's base for the mux. Each
+	// segment is escaped again so that an encoded "/" inside an id stays
+	// inside its segment (and is then rejected as an invalid id).
+	r2 := new(http.Request)
+	*r2 = *r
+	u := *r.URL
+	var raw, plain strings.Builder
+	for _, seg := range segs {
+		raw.WriteString("/" + url.PathEscape(seg))
+		plain.WriteString("/" + seg)
+	}
+	u.Path, u.RawPath = plain.String(), raw.String()
+	if u.Path == "" {
+		u.Path, u.RawPath = "/", ""
+	}
+	r2.URL = &u
+
+	h, pattern := s.mux.Handler(r2)
+	if pattern == "" {
+		// The mux would answer 404 or 405 in plain text; keep its verdict
+		// (and its Allow header) but answer with an OperationOutcome.
+		rec := &headerRecorder{h: http.Header{}}
+		h.ServeHTTP(rec, r2)
+		if rec.code == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", rec.h.Get("Allow"))
+			s.writeError(w, r, httpErrorf(http.StatusMethodNotAllowed, "not-supported",
+				"method %s is not allowed on %s; allowed: %s", r.Method, u.Path, rec.h.Get("Allow")))
+			return
+		}
+		s.writeError(w, r, httpErrorf(http.StatusNotFound, "not-found", "no FHIR interaction at %s %s", r.Method, u.Path))
+		return
+	}
+	// ServeHTTP (not h) so that the mux sets the path values.
+	s.mux.ServeHTTP(w, r2)
+}
+
+// splitPath strips the base path and returns the unescaped path segments
+// below it. "." and ".." segments and empty segments (other than one
+// trailing "/") are rejected rather than cleaned: a FHIR URL never needs
+// them, and cleaning would let "Patient/x/../y" address "Patient/y".
+func (s *Server) splitPath(r *http.Request) ([]string, error) {
+	p := r.URL.EscapedPath()
+	if s.basePath != "" {
+		switch {
+		case p == s.basePath:
+			p = "/"
+		case strings.HasPrefix(p, s.basePath+"/"):
+			p = p[len(s.basePath):]
+		default:
+			return nil, httpErrorf(http.StatusNotFound, "not-found", "the FHIR base is %s/", s.basePath)
+		}
+	}
+	p = strings.TrimPrefix(p, "/")
+	p = strings.TrimSuffix(p, "/")
+	if p == "" {
+		return nil, nil
+	}
+	var segs []string
+	for raw := range strings.SplitSeq(p, "/") {
+		seg, err := url.PathUnescape(raw)
+		if err != nil {
+			return nil, httpErrorf(http.StatusBadRequest, "invalid", "path segment %q is not valid percent-encoding", raw)
+		}
+		switch seg {
+		case "", ".", "..":
+			return nil, httpErrorf(http.StatusBadRequest, "invalid", "path segment %q is not allowed in a FHIR URL", seg)
+		}
+		segs = append(segs, seg)
+	}
+	return segs, nil
+}
+
+func (s *Server) headerTenant(r *http.Request) error {
+	vals := r.Header.Values(TenantHeaderName)
+	switch len(vals) {
+	case 0:
+		return nil
+	case 1:
+		info(r).tenant = strings.TrimSpace(vals[0])
+		return nil
+	}
+	return httpErrorf(http.StatusBadRequest, "invalid", "the %s header is given %d times; give it once", TenantHeaderName, len(vals))
+}
+
+// isFHIRRootSegment reports whether seg can start a FHIR path at the base
+// (so it cannot be a tenant in TenantBoth routing).
+func isFHIRRootSegment(seg string) bool {
+	return fhir.IsResourceType(seg) || seg == "metadata" || seg == "_history" || strings.HasPrefix(seg, "$")
+}
+
+// publicBase is the absolute URL of the FHIR base (without tenant).
+func (s *Server) publicBase(r *http.Request) string {
+	if s.baseURL != nil {
+		return s.baseURL.String()
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + s.basePath
+}
+
+// headerRecorder captures the status and headers of the mux's own 404/405
+// handler without sending them.
+type headerRecorder struct {
+	h    http.Header
+	code int
+}
+
+func (h *headerRecorder) Header() http.Header         { return h.h }
+func (h *headerRecorder) Write(p []byte) (int, error) { return len(p), nil }
+func (h *headerRecorder) WriteHeader(code int)        { h.code = code }
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if s.ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.ready(ctx); err != nil {
+			ri := info(r)
+			ri.err = err
+			s.log.Warn("not ready", "error", err)
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"status":"unavailable"}` + "\n"))
+			return
+		}
+	}
+	_, _ = w.Write([]byte(`{"status":"ready"}` + "\n"))
+}
+
+func newID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
