@@ -47,8 +47,10 @@ type PutOptions struct {
 	// fails with ErrPreconditionFailed; a missing key fails with
 	// ErrNotExist (as AWS S3 and MinIO answer 404 there).
 	IfMatch string
-	// Size is the body length when known (>= 0), or -1 when unknown. A
-	// driver may need to buffer a body of unknown size.
+	// Size is the body length when known and positive; 0 or -1 means
+	// unknown (the body is read to EOF). When Size > 0 and the body has a
+	// different length, Put fails with ErrInvalidArgument and writes
+	// nothing. A driver may need to buffer a body of unknown size.
 	Size int64
 }
 

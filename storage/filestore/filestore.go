@@ -399,7 +399,7 @@ func (b *Bucket) writeTemp(ctx context.Context, body io.Reader, opts storage.Put
 	if err != nil {
 		return cleanup(err)
 	}
-	if opts.Size >= 0 && n != opts.Size {
+	if opts.Size > 0 && n != opts.Size {
 		return cleanup(fmt.Errorf("%w: body is %d bytes, PutOptions.Size is %d", storage.ErrInvalidArgument, n, opts.Size))
 	}
 	if opts.ContentType != "" {
@@ -441,12 +441,13 @@ func (b *Bucket) setModTime(tmp string, f *os.File, after time.Time) error {
 }
 
 // rename moves tmp to key, creating the parent folders, and fsyncs the
-// folders whose entries changed. A concurrent Delete of a sibling may
-// remove a just-created empty parent, so the rename is retried.
+// folders whose entries changed. A concurrent Delete of a sibling key
+// (which holds a different lock) may remove a just-created empty parent,
+// so folder creation and rename are retried.
 func (b *Bucket) rename(tmp, key string) error {
 	parent := path.Dir(key)
 	var err error
-	for range 10 {
+	for range 100 {
 		// The deepest folder that already exists is the last one whose
 		// entries change; every folder below it is new.
 		existing := parent
@@ -457,9 +458,16 @@ func (b *Bucket) rename(tmp, key string) error {
 			existing = path.Dir(existing)
 		}
 		if parent != "." {
-			if err = b.root.MkdirAll(parent, 0o755); err != nil {
+			err = b.root.MkdirAll(parent, 0o755)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // a folder on the way was removed meanwhile
+			}
+			if err != nil {
 				if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
-					return fmt.Errorf("%w: a parent of %s is an object, not a folder", storage.ErrInvalidKey, key)
+					if b.fileOnPath(parent) {
+						return fmt.Errorf("%w: a parent of %s is an object, not a folder", storage.ErrInvalidKey, key)
+					}
+					continue // a folder vanished between two steps of MkdirAll
 				}
 				if errors.Is(err, syscall.ENAMETOOLONG) {
 					return fmt.Errorf("%w: a path segment of %s is longer than the filesystem allows", storage.ErrInvalidKey, key)
@@ -488,6 +496,16 @@ func (b *Bucket) rename(tmp, key string) error {
 		return nil
 	}
 	return fmt.Errorf("rename: %w", err)
+}
+
+// fileOnPath reports whether dir or one of its parents is not a folder.
+func (b *Bucket) fileOnPath(dir string) bool {
+	for d := dir; d != "."; d = path.Dir(d) {
+		if fi, err := b.root.Stat(d); err == nil && !fi.IsDir() {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *Bucket) syncDir(dir string) error {

@@ -107,7 +107,7 @@ func (b *Bucket) Put(ctx context.Context, key string, body io.Reader, opts stora
 	if _, err := buf.ReadFrom(ctxReader{ctx, body}); err != nil {
 		return storage.Attrs{}, fail("put", key, err)
 	}
-	if opts.Size >= 0 && int64(buf.Len()) != opts.Size {
+	if opts.Size > 0 && int64(buf.Len()) != opts.Size {
 		return storage.Attrs{}, fail("put", key, errSize(opts.Size, buf.Len()))
 	}
 	sum := md5.Sum(buf.Bytes())
