@@ -19,10 +19,12 @@ var (
 // Issue is one problem found in a resource.
 type Issue struct {
 	// Code is a FHIR issue-type code (http://hl7.org/fhir/issue-type):
-	// "structure" for JSON syntax, duplicate keys, nesting and unknown
-	// elements, "required" for a missing element, "value" for a wrong
-	// type or a value outside its pattern or enumeration, "too-long",
-	// "not-supported" for an unknown resource type, "invalid" otherwise.
+	// "structure" for bad UTF-8, JSON syntax, duplicate keys, excessive
+	// nesting, unknown elements and wrong JSON types (an array where an
+	// object belongs); "required" for a missing element; "value" for a
+	// value outside its pattern or enumeration, a bad id and an unknown
+	// resource type; "too-long" for a maxLength breach; "invalid"
+	// otherwise.
 	Code string
 	// Path locates the problem as a FHIRPath-like expression rooted at
 	// the resource type, e.g. "Patient.name[0].given[1]": members are

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -150,6 +152,85 @@ func FuzzValidate(f *testing.F) {
 		}
 		if _, err := v.Validate(out); err != nil {
 			t.Fatalf("resource invalid after SetMeta: %v\n%s", err, out)
+		}
+	})
+}
+
+func FuzzNDJSONReader(f *testing.F) {
+	f.Add([]byte("{\"a\":1}\n{\"b\":2}\n"), 16)
+	f.Add([]byte("\xef\xbb\xbf\r\n\n  \n{}\r\n"+strings.Repeat("x", 40)+"\n{}"), 8)
+	f.Add([]byte(""), 1)
+	f.Fuzz(func(t *testing.T, data []byte, maxLine int) {
+		maxLine = maxLine%64 + 1
+		if maxLine <= 0 {
+			maxLine += 64
+		}
+		r := NewNDJSONReader(bytes.NewReader(data), maxLine)
+		prev := 0
+		for {
+			l, no, err := r.Next()
+			if err == io.EOF {
+				break
+			}
+			if no <= prev {
+				t.Fatalf("line numbers not increasing: %d after %d", no, prev)
+			}
+			prev = no
+			if err != nil {
+				if !errors.Is(err, ErrTooLarge) {
+					t.Fatalf("unexpected error %v", err)
+				}
+				continue
+			}
+			if len(l) > maxLine || len(bytes.TrimSpace(l)) == 0 || bytes.ContainsAny(l, "\n") {
+				t.Fatalf("bad line %q (max %d)", l, maxLine)
+			}
+		}
+		if lines := bytes.Count(data, []byte{'\n'}) + 1; prev > lines {
+			t.Fatalf("line %d of %d", prev, lines)
+		}
+	})
+}
+
+func FuzzParseBundle(f *testing.F) {
+	addExampleSeeds(f)
+	f.Add([]byte(`{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"x"}},{"resource":{}}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b, err := ParseBundle(data)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error does not wrap ErrInvalid: %v", err)
+			}
+			return
+		}
+		for i, e := range b.Entry {
+			if len(e.Resource) > 0 && !json.Valid(e.Resource) {
+				t.Fatalf("entry %d resource not JSON", i)
+			}
+		}
+		if _, err := Marshal(b); err != nil {
+			t.Fatalf("Marshal parsed bundle: %v", err)
+		}
+	})
+}
+
+func FuzzParseParameters(f *testing.F) {
+	addExampleSeeds(f)
+	f.Add([]byte(`{"resourceType":"Parameters","parameter":[{"name":"a","valueCoding":{"code":"x"},"part":[{"name":"b","valueDecimal":1.50}]}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParseParameters(data)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error does not wrap ErrInvalid: %v", err)
+			}
+			return
+		}
+		out, err := Marshal(p)
+		if err != nil {
+			t.Fatalf("Marshal parsed parameters: %v", err)
+		}
+		if _, err := ParseParameters(out); err != nil {
+			t.Fatalf("re-parse: %v\n%s", err, out)
 		}
 	})
 }

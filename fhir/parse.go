@@ -52,7 +52,7 @@ func (p *treeParser) addIssue(code, format string, args ...any) {
 	})
 }
 
-// errStop ends the pass after a fatal problem (already recorded).
+// stopError ends the pass after a fatal problem (already recorded).
 type stopError struct{}
 
 func (stopError) Error() string { return "stop" }
@@ -72,7 +72,7 @@ func (p *treeParser) parse() (any, error) {
 	return v, nil
 }
 
-func (p *treeParser) syntax(i int, err error) error {
+func (p *treeParser) syntax(err error) error {
 	p.addIssue("structure", "malformed JSON: %v", err)
 	return stopError{}
 }
@@ -80,7 +80,7 @@ func (p *treeParser) syntax(i int, err error) error {
 func (p *treeParser) value(i, depth int) (any, int, error) {
 	data := p.data
 	if i >= len(data) {
-		return nil, i, p.syntax(i, syntaxErr(data, i, ""))
+		return nil, i, p.syntax(syntaxErr(data, i, ""))
 	}
 	switch c := data[i]; c {
 	case '{', '[':
@@ -95,38 +95,41 @@ func (p *treeParser) value(i, depth int) (any, int, error) {
 	case '"':
 		end, escaped, err := scanString(data, i)
 		if err != nil {
-			return nil, end, p.syntax(end, err)
+			return nil, end, p.syntax(err)
 		}
 		if !escaped {
 			return string(data[i+1 : end-1]), end, nil
 		}
 		var s string
 		if err := json.Unmarshal(data[i:end], &s); err != nil {
-			return nil, end, p.syntax(i, err)
+			return nil, end, p.syntax(err)
 		}
 		return s, end, nil
 	case 't':
 		end, err := scanLiteral(data, i, "true")
 		if err != nil {
-			return nil, end, p.syntax(end, err)
+			return nil, end, p.syntax(err)
 		}
 		return true, end, nil
 	case 'f':
 		end, err := scanLiteral(data, i, "false")
 		if err != nil {
-			return nil, end, p.syntax(end, err)
+			return nil, end, p.syntax(err)
 		}
 		return false, end, nil
 	case 'n':
 		end, err := scanLiteral(data, i, "null")
 		if err != nil {
-			return nil, end, p.syntax(end, err)
+			return nil, end, p.syntax(err)
 		}
 		return nil, end, nil
 	default:
+		if c != '-' && !isDigit(c) {
+			return nil, i, p.syntax(syntaxErr(data, i, "looking for beginning of value"))
+		}
 		end, err := scanNumber(data, i)
 		if err != nil {
-			return nil, end, p.syntax(end, err)
+			return nil, end, p.syntax(err)
 		}
 		return json.Number(data[i:end]), end, nil
 	}
@@ -146,19 +149,19 @@ func (p *treeParser) object(i, depth int) (any, int, error) {
 		i = skipWS(data, i)
 		kend, escaped, err := scanString(data, i)
 		if err != nil {
-			return nil, kend, p.syntax(kend, err)
+			return nil, kend, p.syntax(err)
 		}
 		var key string
 		if escaped {
 			if err := json.Unmarshal(data[i:kend], &key); err != nil {
-				return nil, kend, p.syntax(i, err)
+				return nil, kend, p.syntax(err)
 			}
 		} else {
 			key = string(data[i+1 : kend-1])
 		}
 		i = skipWS(data, kend)
 		if i >= len(data) || data[i] != ':' {
-			return nil, i, p.syntax(i, syntaxErr(data, i, "after object key"))
+			return nil, i, p.syntax(syntaxErr(data, i, "after object key"))
 		}
 		p.path = append(p.path, pathSeg{key: key, index: -1})
 		v, end, err := p.value(skipWS(data, i+1), depth)
@@ -173,7 +176,7 @@ func (p *treeParser) object(i, depth int) (any, int, error) {
 		p.path = p.path[:len(p.path)-1]
 		i = skipWS(data, end)
 		if i >= len(data) {
-			return nil, i, p.syntax(i, syntaxErr(data, i, ""))
+			return nil, i, p.syntax(syntaxErr(data, i, ""))
 		}
 		switch data[i] {
 		case ',':
@@ -181,7 +184,7 @@ func (p *treeParser) object(i, depth int) (any, int, error) {
 		case '}':
 			return obj, i + 1, nil
 		default:
-			return nil, i, p.syntax(i, syntaxErr(data, i, "after object key:value pair"))
+			return nil, i, p.syntax(syntaxErr(data, i, "after object key:value pair"))
 		}
 	}
 }
@@ -203,7 +206,7 @@ func (p *treeParser) array(i, depth int) (any, int, error) {
 		p.path = p.path[:len(p.path)-1]
 		i = skipWS(data, end)
 		if i >= len(data) {
-			return nil, i, p.syntax(i, syntaxErr(data, i, ""))
+			return nil, i, p.syntax(syntaxErr(data, i, ""))
 		}
 		switch data[i] {
 		case ',':
@@ -211,7 +214,7 @@ func (p *treeParser) array(i, depth int) (any, int, error) {
 		case ']':
 			return arr, i + 1, nil
 		default:
-			return nil, i, p.syntax(i, syntaxErr(data, i, "after array element"))
+			return nil, i, p.syntax(syntaxErr(data, i, "after array element"))
 		}
 	}
 }

@@ -245,3 +245,27 @@ func BenchmarkValidate(b *testing.B) {
 		})
 	}
 }
+
+func TestValidationErrorMessage(t *testing.T) {
+	var issues []Issue
+	for i := range 8 {
+		issues = append(issues, Issue{Code: "value", Path: "Patient.name[" + itoaTest(i) + "]", Message: "bad"})
+	}
+	tests := []struct {
+		issues []Issue
+		want   string
+	}{
+		{issues[:1], "fhir: invalid resource: Patient.name[0]: bad"},
+		{[]Issue{{Code: "structure", Message: "not valid UTF-8 at offset 3"}}, "fhir: invalid resource: not valid UTF-8 at offset 3"},
+		{issues, "fhir: invalid resource: Patient.name[0]: bad; Patient.name[1]: bad; Patient.name[2]: bad; Patient.name[3]: bad; Patient.name[4]: bad; and 3 more"},
+	}
+	for _, tt := range tests {
+		err := error(&ValidationError{Issues: tt.issues})
+		if err.Error() != tt.want {
+			t.Errorf("Error() = %q, want %q", err.Error(), tt.want)
+		}
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%v does not wrap ErrInvalid", err)
+		}
+	}
+}

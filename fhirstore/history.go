@@ -241,12 +241,20 @@ func (s *Store) eventHistory(ctx context.Context, sc scope, q HistoryQuery, coun
 // window that fits in one LIST page is taken whole (its keys are the
 // newest remaining). A window that holds more (overflow) is not read
 // through: its first page ends at some {ts} L, so the newest keys lie in
-// [L, hi); the next window tries (L, hi) first and, if that overflows too,
-// halves. When a window above known data comes back empty, the next window
-// goes straight down to that data. Empty windows without known data below
-// grow eightfold (after looking up, once, where the history starts, so the
-// growth stops there), windows with data double. Only a single millisecond
-// holding more than a LIST page of events is read through.
+// [L, hi), and they are searched for by probing [x, hi) with x galloping
+// up from L in steps sized from the density of the page (doubling), never
+// above the midpoint of what is left: a probe that overflows moves L up,
+// an empty one moves hi down, and one that fits is the answer. Empty
+// windows with no known events below grow eightfold (after looking up,
+// once, where the history starts, so that the growth stops there);
+// windows with events double. Only a single millisecond holding more than
+// a LIST page of events is read through.
+//
+// Cost: with the window carried in the cursor a page takes one or two
+// LISTs; a first page of a process that has no hint takes O(log(time
+// span)) LISTs (about 20 for a dense history an hour old, measured). It
+// never depends on the number of events, except for the read-through of
+// one overfull millisecond.
 func (s *Store) collectEvents(ctx context.Context, b storage.Bucket, hintKey, prefix, upper string, floor int64, need int, w int64) ([]string, int64, error) {
 	withType := prefix == systemEventPrefix
 	var hi int64 // windows are [lo, hi) in ms, further cut by hiKey
@@ -270,59 +278,69 @@ func (s *Store) collectEvents(ctx context.Context, b storage.Bucket, hintKey, pr
 	}
 	var out []string
 	oldest := int64(-1) // {ts} of the oldest event, once looked up
-	known := int64(-1)  // a {ts} below hi known to hold events, from an overflow
-	triedAbove := false // the current window is the "(L, hi)" retry of an overflow
+	// While known >= 0 the newest events below hi are being searched for:
+	// events exist at known (an overflowing window ended there), so the
+	// newest lie in [known, hi). Each probe lists [x, hi) with x galloping
+	// up from known (steps of g, doubling) but never above the midpoint,
+	// so the search costs O(log) probes whether the events end just above
+	// known (a cluster) or just below hi.
+	known, g := int64(-1), int64(1)
 	for hi > floor && len(out) < need {
 		lo := max(hi-w, floor)
+		if known >= 0 {
+			lo = max(known+min(g, (hi-known)/2), floor)
+		}
 		names, overflow, err := listWindow(ctx, b, prefix, lo, hiKey, 0)
 		if debugHistory {
-			fmt.Printf("window lo=%d hi=%d w=%d n=%d overflow=%v known=%d tried=%v out=%d\n", lo, hi, w, len(names), overflow, known, triedAbove, len(out))
+			fmt.Printf("window lo=%d hi=%d w=%d n=%d overflow=%v known=%d g=%d out=%d\n", lo, hi, w, len(names), overflow, known, g, len(out))
 		}
 		if err != nil {
 			return nil, 0, err
 		}
+		if overflow && hi-lo > 1 {
+			// Size steps from the density of the upper half of this page
+			// (twice what is still needed): where the page ends is where
+			// the search goes on.
+			half := names[len(names)/2:]
+			first, _ := parseEventName(half[0], withType)
+			last, _ := parseEventName(half[len(half)-1], withType)
+			est := max((last.ts-first.ts+1)*int64(2*(need-len(out)))/int64(len(half)), 1)
+			if known < 0 || est < w/4 {
+				// A first overflow, or events much denser than on the
+				// previous page (a cluster): restart the gallop at the new
+				// density.
+				g = est
+			} else {
+				g *= 2
+			}
+			known, w = last.ts, est
+			continue
+		}
 		if overflow {
-			last, _ := parseEventName(names[len(names)-1], withType)
-			switch {
-			case hi-lo <= 1:
-				// More than a page of events in one millisecond: only
-				// reading all of it finds its newest.
-				if names, _, err = listWindow(ctx, b, prefix, lo, hiKey, need-len(out)); err != nil {
-					return nil, 0, err
-				}
-			case !triedAbove && last.ts+1 < hi:
-				known, triedAbove = last.ts, true
-				w = hi - (last.ts + 1)
-				continue
-			default:
-				// Dense rather than clustered: size the next window from
-				// the density of this page (aiming at twice what is
-				// needed), and at least halve it.
-				first, _ := parseEventName(names[0], withType)
-				known = max(known, last.ts)
-				est := (last.ts - first.ts + 1) * int64(2*(need-len(out))) / int64(len(names))
-				w = min(max(est, 1), max((hi-lo)/2, 1))
-				triedAbove = false
-				continue
+			// More than a page of events in one millisecond: only reading
+			// all of it finds its newest.
+			if names, _, err = listWindow(ctx, b, prefix, lo, hiKey, need-len(out)); err != nil {
+				return nil, 0, err
 			}
 		}
-		triedAbove = false
 		for i := len(names) - 1; i >= 0; i-- {
 			if _, ok := parseEventName(names[i], withType); ok {
 				out = append(out, names[i])
 			}
 		}
+		searching := known >= 0
+		w = max(w, hi-lo)
 		hi, hiKey = lo, prefix+padTS(lo)
 		switch {
 		case len(names) > 0:
+			known = -1 // the newest events are found; continue below them
 			if len(names) > 4*need && w > 1 {
 				w = max(w/2, 1) // denser than needed: start smaller next time
 			} else if len(out) < need {
 				w *= 2
 			}
-		case known >= 0 && known < hi:
-			// Empty above events known to exist: go straight to them.
-			w, known = hi-known, -1
+		case searching:
+			// Empty: the newest events are below lo; keep searching.
 		default:
 			if oldest < 0 {
 				first, err := b.List(ctx, storage.ListOptions{Prefix: prefix, MaxKeys: 1})
@@ -340,11 +358,16 @@ func (s *Store) collectEvents(ctx context.Context, b storage.Bucket, hintKey, pr
 			}
 			w *= 8
 		}
-		if known >= hi {
-			known = -1
-		}
 	}
-	return out[:min(len(out), need)], w, nil
+	if len(out) >= need {
+		// Carry the window that held this page (with some slack) to the
+		// next one: history density changes slowly.
+		newest, _ := parseEventName(out[0], withType)
+		oldestOut, _ := parseEventName(out[need-1], withType)
+		w = max((newest.ts-oldestOut.ts+1)*3/2, 1)
+		return out[:need], w, nil
+	}
+	return out, w, nil
 }
 
 // listWindow lists the event names (without prefix) with {ts} >= lo and

@@ -78,6 +78,8 @@ type Config struct {
 	// HistoryWindow is the first time window a type or system history page
 	// lists when it has no hint from an earlier page. Default one second.
 	HistoryWindow time.Duration
+	// Hooks report events for telemetry (optional; see Hooks).
+	Hooks Hooks
 }
 
 // Store keeps versioned FHIR resources in object storage. It is safe for
@@ -94,6 +96,7 @@ type Store struct {
 	par       int
 	retries   int
 	window    int64 // ms
+	hooks     Hooks
 
 	// windowHint remembers, per tenant and history listing, the window
 	// size that last produced a full page, so that the next first page
@@ -110,7 +113,7 @@ func New(cfg Config) (*Store, error) {
 	s := &Store{
 		mode: cfg.Mode, validator: cfg.Validator, now: cfg.Now, log: cfg.Logger,
 		par: cfg.Parallelism, retries: cfg.WriteRetries, window: cfg.HistoryWindow.Milliseconds(),
-		prefix: strings.Trim(cfg.Prefix, "/"),
+		prefix: strings.Trim(cfg.Prefix, "/"), hooks: cfg.Hooks,
 	}
 	if s.validator == nil {
 		return nil, errors.New("fhirstore: Config.Validator is required")

@@ -271,12 +271,18 @@ func TestBadInputWritesNothing(t *testing.T) {
 			_, _, err := s.Update(ctx, "acme", "Patient", "a_b", patient("a_b", "x"), WriteOptions{})
 			return err
 		}, ErrInvalid},
-		{"update dotdot", func() error { _, _, err := s.Update(ctx, "acme", "Patient", "..", patient("..", "x"), WriteOptions{}); return err }, ErrInvalid},
+		{"update dotdot", func() error {
+			_, _, err := s.Update(ctx, "acme", "Patient", "..", patient("..", "x"), WriteOptions{})
+			return err
+		}, ErrInvalid},
 		{"update id mismatch", func() error {
 			_, _, err := s.Update(ctx, "acme", "Patient", "p1", patient("p2", "x"), WriteOptions{})
 			return err
 		}, ErrInvalid},
-		{"update no id", func() error { _, _, err := s.Update(ctx, "acme", "Patient", "p1", patient("", "x"), WriteOptions{}); return err }, ErrInvalid},
+		{"update no id", func() error {
+			_, _, err := s.Update(ctx, "acme", "Patient", "p1", patient("", "x"), WriteOptions{})
+			return err
+		}, ErrInvalid},
 		{"update bad tenant", func() error {
 			_, _, err := s.Update(ctx, "", "Patient", "p1", patient("p1", "x"), WriteOptions{})
 			return err

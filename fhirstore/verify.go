@@ -204,6 +204,7 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 				p.Detail += "; roll-forward failed: " + err.Error()
 			} else {
 				p.Repaired = true
+				s.notifyRollForward()
 				// finish wrote both events of the version too.
 				mu.Lock()
 				events[typeEventKey(sc.tenant, typ, id, top, resOf[top].LastModified)] = true

@@ -254,7 +254,11 @@ func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *
 	if err != nil {
 		return fmt.Errorf("fhirstore: rolling forward %s: %w", versionKey(typ, id, v), err)
 	}
-	return s.finish(ctx, sc, typ, id, cur, res, data)
+	if err := s.finish(ctx, sc, typ, id, cur, res, data); err != nil {
+		return err
+	}
+	s.notifyRollForward()
+	return nil
 }
 
 // newID draws a server-assigned id: 32 lowercase hex digits (128 random bits).

@@ -3,8 +3,8 @@ package server
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"net/http"
+	"strings"
 
 	"fhirbucket/fhir"
 )
@@ -136,7 +136,7 @@ func (s *Server) capabilityStatement(base string) capabilityStatement {
 }
 
 func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) {
-	data, err := json.Marshal(s.capabilityStatement(info(r).base))
+	data, err := fhir.Marshal(s.capabilityStatement(info(r).base))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -144,20 +144,9 @@ func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.Sum256(data)
 	etag := `W/"` + hex.EncodeToString(sum[:8]) + `"`
 	w.Header().Set("ETag", etag)
-	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 && etagMatches(joinHeader(inm), etag) {
+	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 && etagMatches(strings.Join(inm, ","), etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
 	s.writeBody(w, http.StatusOK, data)
-}
-
-func joinHeader(vals []string) string {
-	out := ""
-	for i, v := range vals {
-		if i > 0 {
-			out += ","
-		}
-		out += v
-	}
-	return out
 }

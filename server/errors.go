@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"fhirbucket/auth"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 	"fhirbucket/storage"
@@ -41,6 +42,8 @@ type errMapping struct {
 // (fhirstore.ErrInvalidTenant before fhirstore.ErrInvalid). Errors no row
 // matches are internal: 500, generic diagnostics, detail logged.
 var errorTable = []errMapping{
+	{auth.ErrUnauthenticated, http.StatusUnauthorized, "login", "error", ""},
+	{auth.ErrForbidden, http.StatusForbidden, "forbidden", "error", ""},
 	{fhir.ErrTooLarge, http.StatusRequestEntityTooLarge, "too-costly", "error", ""},
 	{fhirstore.ErrInvalidTenant, http.StatusBadRequest, "invalid", "error", ""},
 	{fhirstore.ErrInvalid, http.StatusBadRequest, "invalid", "error", ""},
@@ -103,12 +106,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if internal {
 		diag = fmt.Sprintf("%s (request id %s)", diag, ri.id)
 	}
-	oo := outcome{ResourceType: "OperationOutcome"}
+	oo := fhir.OperationOutcome{ResourceType: "OperationOutcome"}
 	var ve *fhir.ValidationError
 	if !internal && errors.As(err, &ve) && len(ve.Issues) > 0 {
-		oo.Issue = append(oo.Issue, issue{Severity: "error", Code: code, Diagnostics: diag})
+		oo.Issue = append(oo.Issue, fhir.OutcomeIssue{Severity: "error", Code: code, Diagnostics: diag})
 		for _, vi := range ve.Issues {
-			is := issue{Severity: "error", Code: vi.Code, Diagnostics: vi.Message}
+			is := fhir.OutcomeIssue{Severity: "error", Code: vi.Code, Diagnostics: vi.Message}
 			if is.Code == "" {
 				is.Code = "invalid"
 			}
@@ -118,7 +121,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			oo.Issue = append(oo.Issue, is)
 		}
 	} else {
-		oo.Issue = []issue{{Severity: "error", Code: code, Diagnostics: diag}}
+		oo.Issue = []fhir.OutcomeIssue{{Severity: "error", Code: code, Diagnostics: diag}}
 	}
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfterSeconds)

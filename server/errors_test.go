@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"fhirbucket/fhir"
@@ -109,5 +111,58 @@ func TestClientGone(t *testing.T) {
 	s.writeError(rec, req, fmt.Errorf("reading: %w", context.Canceled))
 	if rec.Body.Len() != 0 || ri.status != statusClientClosed {
 		t.Errorf("canceled request: body %q, logged status %d", rec.Body.String(), ri.status)
+	}
+}
+
+// TestVersionConflict: when every claim of a new version number is lost
+// (another writer always wins), an unconditional update gives up after
+// the store's retries with 409, and nothing changes.
+func TestVersionConflict(t *testing.T) {
+	faulty := newFaultyBucket()
+	e := newEnv(t, faulty)
+	mustStatus(t, "create", e.do("PUT", "/Patient/c1", patient("c1", "C"), jsonCT), 201)
+	before := snapshot(t, faulty.Inner())
+	rule := faulty.Add(storagetest.Fault{Op: storage.OpPut, KeyContains: "/_history/", Err: storage.ErrPreconditionFailed})
+	r := e.do("PUT", "/Patient/c1", patient("c1", "D"), jsonCT)
+	mustStatus(t, "update losing every race", r, 409)
+	isOutcome(t, "conflict", r, "conflict")
+	if rule.Fired() < 2 {
+		t.Errorf("the store tried %d times; a lost race must be retried", rule.Fired())
+	}
+	if after := snapshot(t, faulty.Inner()); !slices.Equal(before, after) {
+		t.Errorf("a failed update changed the store")
+	}
+}
+
+// TestConcurrentUpdates: parallel unconditional updates of one resource
+// over HTTP each answer 200 or 409, and the successes are exactly the
+// new versions.
+func TestConcurrentUpdates(t *testing.T) {
+	e := newEnv(t, nil)
+	mustStatus(t, "create", e.do("PUT", "/Patient/race", patient("race", "R"), jsonCT), 201)
+	const n = 12
+	statuses := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			statuses <- e.do("PUT", "/Patient/race", patient("race", fmt.Sprintf("R%d", i)), jsonCT).status
+		})
+	}
+	wg.Wait()
+	close(statuses)
+	ok := 0
+	for s := range statuses {
+		switch s {
+		case 200:
+			ok++
+		case 409:
+		default:
+			t.Errorf("status %d", s)
+		}
+	}
+	r := e.do("GET", "/Patient/race", "", nil)
+	mustStatus(t, "read", r, 200)
+	if want := fmt.Sprintf(`W/"%d"`, ok+1); r.header.Get("ETag") != want {
+		t.Errorf("ETag %s after %d successful updates, want %s", r.header.Get("ETag"), ok, want)
 	}
 }

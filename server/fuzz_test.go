@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 	"fhirbucket/storage/memstore"
 )
@@ -59,7 +60,7 @@ func FuzzServer(f *testing.F) {
 			t.Fatalf("%s %s: status %d: %s", method, target, rec.Code, rec.Body)
 		}
 		if rec.Code >= 400 {
-			var oo outcome
+			var oo fhir.OperationOutcome
 			if err := json.Unmarshal(rec.Body.Bytes(), &oo); err != nil || oo.ResourceType != "OperationOutcome" || len(oo.Issue) == 0 {
 				t.Fatalf("%s %s: status %d without OperationOutcome: %s", method, target, rec.Code, rec.Body)
 			}

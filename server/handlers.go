@@ -1,11 +1,11 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -68,7 +68,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 		}
 		return nil, httpErrorf(http.StatusBadRequest, "structure", "reading the request body: %v", err)
 	}
-	if len(strings.TrimSpace(string(data))) == 0 {
+	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, httpErrorf(http.StatusBadRequest, "required", "the request body is empty; send a FHIR resource in JSON")
 	}
 	return data, nil
@@ -108,7 +108,7 @@ func (s *Server) writeResult(w http.ResponseWriter, r *http.Request, status int,
 		if created {
 			what = "created"
 		}
-		s.writeJSON(w, status, outcome{ResourceType: "OperationOutcome", Issue: []issue{{
+		s.writeJSON(w, status, fhir.OperationOutcome{ResourceType: "OperationOutcome", Issue: []fhir.OutcomeIssue{{
 			Severity: "information", Code: "informational",
 			Diagnostics: fmt.Sprintf("%s/%s %s as version %s", res.Type, res.ID, what, res.VersionID()),
 		}}})
@@ -193,7 +193,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		if res != nil {
 			msg = fmt.Sprintf("%s/%s deleted as version %s", typ, id, res.VersionID())
 		}
-		s.writeJSON(w, http.StatusOK, outcome{ResourceType: "OperationOutcome", Issue: []issue{{
+		s.writeJSON(w, http.StatusOK, fhir.OperationOutcome{ResourceType: "OperationOutcome", Issue: []fhir.OutcomeIssue{{
 			Severity: "information", Code: "informational", Diagnostics: msg,
 		}}})
 		return
@@ -272,6 +272,10 @@ func (s *Server) postInstance(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, checkID(typ, id))
 		return
 	}
+	if id == "_search" {
+		s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "search by POST is not supported; use GET /%s?…", typ))
+		return
+	}
 	w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
 	s.writeError(w, r, httpErrorf(http.StatusMethodNotAllowed, "not-supported", "POST is not allowed on %s/%s: create with POST /%s, update with PUT", typ, id, typ))
 }
@@ -301,6 +305,3 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) {
 func (s *Server) searchSystem(w http.ResponseWriter, r *http.Request) {
 	s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "search across all resource types is not supported; search one type (GET /Patient) or read the system history (GET /_history)"))
 }
-
-// escapeQuery encodes query parameters in a stable order for links.
-func escapeQuery(q url.Values) string { return q.Encode() }

@@ -143,6 +143,7 @@ func TestInteractions(t *testing.T) {
 			headers: map[string]string{"Allow": "*"}},
 		{name: "POST on instance", method: "POST", path: "/Patient/{id}", body: patient("", "X"), header: jsonCT, status: 405, headers: map[string]string{"Allow": "*"}},
 		{name: "unknown type", method: "GET", path: "/Patientx/1", status: 404, code: "not-supported"},
+		{name: "POST _search", method: "POST", path: "/Patient/_search", body: "_id=1", header: hdr("Content-Type: application/x-www-form-urlencoded"), status: 501, code: "not-supported"},
 		{name: "system search", method: "GET", path: "/?_id=1", status: 501, code: "not-supported"},
 	})
 }
@@ -227,6 +228,35 @@ func TestStoreUnavailable(t *testing.T) {
 		}
 		if strings.Contains(string(r.body), "resources/") {
 			t.Errorf("%s %s: storage keys leak into the answer: %s", c.method, c.path, r.body)
+		}
+	}
+}
+
+func TestParsePrefer(t *testing.T) {
+	for _, c := range []struct {
+		headers []string
+		ret     string
+		lenient bool
+	}{
+		{nil, "", false},
+		{[]string{"return=minimal"}, "minimal", false},
+		{[]string{"return=representation"}, "representation", false},
+		{[]string{"return=OperationOutcome"}, "OperationOutcome", false},
+		{[]string{`return="minimal"; x=y`}, "minimal", false},
+		{[]string{"handling=lenient"}, "", true},
+		{[]string{"handling=strict"}, "", false},
+		{[]string{"respond-async, handling=lenient", "return=minimal"}, "minimal", true},
+		{[]string{"RETURN = Minimal"}, "minimal", false},
+		{[]string{"return=everything"}, "", false},
+		{[]string{"return"}, "", false},
+	} {
+		r, _ := http.NewRequest("GET", "/", nil)
+		for _, h := range c.headers {
+			r.Header.Add("Prefer", h)
+		}
+		p := parsePrefer(r)
+		if p.ret != c.ret || p.lenient != c.lenient {
+			t.Errorf("Prefer %q: %+v, want ret=%q lenient=%v", c.headers, p, c.ret, c.lenient)
 		}
 	}
 }

@@ -131,25 +131,25 @@ func supportedList(kind int) string {
 // links returns the self link and, when next is set, the next link: the
 // request's base URL and path with the kept parameters, the next one with
 // the cursor replaced.
-func links(base, path string, kept url.Values, next string) []bundleLink {
+func links(base, path string, kept url.Values, next string) []fhir.BundleLink {
 	self := base + path
 	if len(kept) > 0 {
 		self += "?" + kept.Encode()
 	}
-	out := []bundleLink{{Relation: "self", URL: self}}
+	out := []fhir.BundleLink{{Relation: "self", URL: self}}
 	if next != "" {
 		nq := url.Values{}
 		for k, v := range kept {
 			nq[k] = v
 		}
 		nq.Set(cursorParam, next)
-		out = append(out, bundleLink{Relation: "next", URL: base + path + "?" + nq.Encode()})
+		out = append(out, fhir.BundleLink{Relation: "next", URL: base + path + "?" + nq.Encode()})
 	}
 	return out
 }
 
-func (s *Server) newBundle(typ string) bundle {
-	return bundle{ResourceType: "Bundle", ID: newID(16), Meta: bundleMeta{LastUpdated: instant(s.now())}, Type: typ}
+func (s *Server) newBundle(typ string) *fhir.Bundle {
+	return &fhir.Bundle{ResourceType: "Bundle", ID: newID(16), Meta: &fhir.Meta{LastUpdated: fhir.FormatInstant(s.now())}, Type: typ}
 }
 
 func (s *Server) searchType(w http.ResponseWriter, r *http.Request) {
@@ -164,7 +164,7 @@ func (s *Server) searchType(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ri := info(r)
-	b := s.newBundle("searchset")
+	b := s.newBundle(fhir.BundleSearchset)
 	if p.summaryCount {
 		var n int
 		if len(p.ids) > 0 {
@@ -187,10 +187,10 @@ func (s *Server) searchType(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, res := range page.Resources {
-		b.Entry = append(b.Entry, bundleEntry{
+		b.Entry = append(b.Entry, fhir.BundleEntry{
 			FullURL:  ri.base + "/" + res.Type + "/" + res.ID,
 			Resource: res.Content,
-			Search:   &entrySearch{Mode: "match"},
+			Search:   &fhir.BundleEntrySearch{Mode: "match"},
 		})
 	}
 	if len(p.ids) > 0 && page.Next == "" && p.cursor == "" {
@@ -256,7 +256,7 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, typ, id, path s
 		s.writeError(w, r, err)
 		return
 	}
-	b := s.newBundle("history")
+	b := s.newBundle(fhir.BundleHistory)
 	for _, res := range page.Entries {
 		b.Entry = append(b.Entry, historyEntry(ri.base, res))
 	}
@@ -269,22 +269,22 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, typ, id, path s
 // interaction answered: "201 Created" for a create (POST, or the PUT that
 // made version 1), "200 OK" for an update, "204 No Content" for a delete,
 // which carries no resource.
-func historyEntry(base string, res *fhirstore.Resource) bundleEntry {
-	e := bundleEntry{
+func historyEntry(base string, res *fhirstore.Resource) fhir.BundleEntry {
+	e := fhir.BundleEntry{
 		FullURL:  base + "/" + res.Type + "/" + res.ID,
-		Response: &entryResponse{Etag: res.ETag(), LastModified: instant(res.LastModified)},
+		Response: &fhir.BundleEntryResponse{Etag: res.ETag(), LastModified: fhir.FormatInstant(res.LastModified)},
 	}
 	switch {
 	case res.Deleted() || res.Method == fhirstore.MethodDelete:
-		e.Request = &entryRequest{Method: "DELETE", URL: res.Type + "/" + res.ID}
+		e.Request = &fhir.BundleEntryRequest{Method: "DELETE", URL: res.Type + "/" + res.ID}
 		e.Response.Status = "204 No Content"
 	case res.Method == fhirstore.MethodPost:
 		e.Resource = res.Content
-		e.Request = &entryRequest{Method: "POST", URL: res.Type}
+		e.Request = &fhir.BundleEntryRequest{Method: "POST", URL: res.Type}
 		e.Response.Status = "201 Created"
 	default:
 		e.Resource = res.Content
-		e.Request = &entryRequest{Method: "PUT", URL: res.Type + "/" + res.ID}
+		e.Request = &fhir.BundleEntryRequest{Method: "PUT", URL: res.Type + "/" + res.ID}
 		e.Response.Status = "200 OK"
 		if res.Version == 1 {
 			e.Response.Status = "201 Created"

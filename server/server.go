@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"fhirbucket/auth"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 )
@@ -115,6 +116,9 @@ type Config struct {
 	Now func() time.Time
 	// SoftwareVersion is reported in the CapabilityStatement. Default "dev".
 	SoftwareVersion string
+	// Auth checks bearer tokens, tenants and scopes (see server/authz.go).
+	// nil: no access control (auth mode none).
+	Auth *auth.Authenticator
 }
 
 // Server is the FHIR REST handler.
@@ -129,6 +133,11 @@ type Server struct {
 	maxBody  int64
 	version  string
 	mux      *http.ServeMux
+
+	// access control (server/authz.go)
+	auth      *auth.Authenticator
+	access    map[string]auth.Interaction // pattern -> interaction
+	routeList []Route
 }
 
 // New checks cfg and returns the handler. Errors name the Config field at
@@ -145,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 		routing: cfg.TenantRouting,
 		maxBody: cfg.MaxBodyBytes,
 		version: cfg.SoftwareVersion,
+		auth:    cfg.Auth,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -213,7 +223,7 @@ func ParseBaseURL(s string) (*url.URL, error) {
 // segment first, so the patterns need no tenant wildcard (which would make
 // "/{tenant}/{type}" and "/{type}/{id}" conflict).
 func (s *Server) routes() *http.ServeMux {
-	m := http.NewServeMux()
+	m := s.newRouteMux() // every route needs an access rule: server/authz.go
 	m.HandleFunc("GET /metadata", s.capabilities)
 	m.HandleFunc("GET /{$}", s.searchSystem)
 	m.HandleFunc("POST /{$}", s.batch)
@@ -229,7 +239,7 @@ func (s *Server) routes() *http.ServeMux {
 	m.HandleFunc("POST /{type}/{id}", s.postInstance)
 	m.HandleFunc("GET /{type}/{id}/_history", s.historyInstance)
 	m.HandleFunc("GET /{type}/{id}/_history/{vid}", s.vread)
-	return m
+	return m.mux
 }
 
 // reqInfo is what ServeHTTP learns before dispatch.
@@ -239,6 +249,8 @@ type reqInfo struct {
 	base   string // absolute URL of the tenant's FHIR base, no trailing slash
 	status int    // set by the error writer for the access log
 	err    error  // the error behind a 5xx, for the access log
+
+	principal *auth.Principal // the authenticated token (server/authz.go)
 }
 
 type ctxKey struct{}
@@ -303,6 +315,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("id", ri.id), slog.String("method", r.Method), slog.String("path", r.URL.RequestURI()),
 		slog.String("tenant", ri.tenant), slog.Int("status", status), slog.Int64("bytes", sw.bytes),
 		slog.Duration("duration", time.Since(start)),
+	}
+	if ri.principal != nil {
+		attrs = append(attrs, slog.String("client", ri.principal.Name))
 	}
 	level := slog.LevelInfo
 	if ri.err != nil {
@@ -379,6 +394,10 @@ func (s *Server) serveFHIR(w http.ResponseWriter, r *http.Request) {
 	r2.URL = &u
 
 	h, pattern := s.mux.Handler(r2)
+	if err := s.authenticate(w, r, pattern); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if pattern == "" {
 		// The mux would answer 404 or 405 in plain text; keep its verdict
 		// (and its Allow header) but answer with an OperationOutcome.

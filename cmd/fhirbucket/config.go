@@ -53,6 +53,8 @@ var serveSettings = []setting{
 	{flag: "max-body-bytes", env: "FHIRBUCKET_MAX_BODY_BYTES", def: "8388608", usage: "largest request body in bytes; larger answers 413"},
 	{flag: "read-header-timeout", env: "FHIRBUCKET_READ_HEADER_TIMEOUT", def: "10s", usage: "time allowed to read request headers"},
 	{flag: "shutdown-timeout", env: "FHIRBUCKET_SHUTDOWN_TIMEOUT", def: "30s", usage: "on SIGINT/SIGTERM, how long in-flight requests may take to finish"},
+	{flag: "auth", env: "FHIRBUCKET_AUTH", def: "none", usage: "access control: none (every request allowed; for a server only its host can reach) or token (bearer tokens from --auth-token-file)"},
+	{flag: "auth-token-file", env: "FHIRBUCKET_AUTH_TOKEN_FILE", usage: "auth token: JSON file of SHA-256 token hashes with their tenant and scopes (see docs/guarantees.md)"},
 }
 
 // knownEnv is every environment setting of every subcommand: a variable

@@ -343,8 +343,8 @@ func driveExample(c *client, ex example, id string) error {
 				return err
 			}
 			var b struct {
-				Type string
-				Link []struct{ Relation, URL string }
+				Type  string
+				Link  []struct{ Relation, URL string }
 				Entry []struct {
 					Resource json.RawMessage
 					Request  struct{ Method string }
@@ -380,6 +380,7 @@ func driveExample(c *client, ex example, id string) error {
 // driveAll runs every example through the server with a few workers.
 func driveAll(t *testing.T, c *client, exs []example) {
 	t.Helper()
+	start := time.Now()
 	var wg sync.WaitGroup
 	work := make(chan int)
 	var mu sync.Mutex
@@ -408,7 +409,7 @@ func driveAll(t *testing.T, c *client, exs []example) {
 		}
 		t.Error(f)
 	}
-	t.Logf("%d examples driven, %d failed", len(exs), len(failures))
+	t.Logf("%d examples driven in %v, %d failed", len(exs), time.Since(start).Round(time.Millisecond), len(failures))
 }
 
 // checkTypeHistory checks the type-level history of one example type and
@@ -482,7 +483,9 @@ func TestE2EMinIOBucket(t *testing.T) {
 	bad := exec.Command(bin, "serve", "--addr", "127.0.0.1:0")
 	bad.Env = childEnv(append(slices.Clone(base), "FHIRBUCKET_BACKEND=s3", "FHIRBUCKET_S3_TENANCY_MODE=bucket",
 		"FHIRBUCKET_S3_TENANT_BUCKETS=acme="+b1+",beta=no-such-bucket-fhirbucket")...)
+	badStart := time.Now()
 	out, err := bad.CombinedOutput()
+	t.Logf("start-up with a missing bucket failed after %v", time.Since(badStart).Round(time.Millisecond))
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError || !strings.Contains(string(out), "FHIRBUCKET_S3_TENANT_BUCKETS") || !strings.Contains(string(out), "no-such-bucket-fhirbucket") {
 		t.Errorf("missing bucket: %v: %s", err, out)
 	}
@@ -502,6 +505,8 @@ func TestE2EMinIOBucket(t *testing.T) {
 	p.stop(t)
 
 	// fsck over both buckets.
+	fsckStart := time.Now()
+	defer func() { t.Logf("fsck took %v", time.Since(fsckStart).Round(time.Millisecond)) }()
 	fsck := exec.Command(bin, "fsck")
 	fsck.Env = childEnv(env...)
 	if out, err := fsck.CombinedOutput(); err != nil || !strings.Contains(string(out), "tenant acme") || !strings.Contains(string(out), "tenant beta") {

@@ -38,6 +38,7 @@ func fsck(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 	if err != nil {
 		return exitError, err
 	}
+	defer be.Close()
 	return runFsck(ctx, be.store, v.str("tenant"), doRepair, stdout)
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"fhirbucket/auth"
 	"fhirbucket/server"
 )
 
@@ -44,6 +45,7 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	defer be.Close()
 	cfg.Store, cfg.Ready, cfg.Logger, cfg.SoftwareVersion = be.store, be.ready, log, softwareVersion()
 	h, err := server.New(cfg)
 	if err != nil {
@@ -63,7 +65,8 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "storage", be.desc,
-		"tenant_routing", cfg.TenantRouting.String(), "base_path", cfg.BasePath, "version", softwareVersion())
+		"tenant_routing", cfg.TenantRouting.String(), "base_path", cfg.BasePath, "version", softwareVersion(),
+		"auth", authModeOf(cfg.Auth))
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -85,6 +88,13 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	return nil
 }
 
+func authModeOf(a *auth.Authenticator) auth.Mode {
+	if a == nil {
+		return auth.ModeNone
+	}
+	return auth.ModeToken
+}
+
 // serverConfig reads the HTTP settings into a server.Config (without the
 // store).
 func serverConfig(v *values) (server.Config, error) {
@@ -104,5 +114,33 @@ func serverConfig(v *values) (server.Config, error) {
 	if _, err := server.CleanBasePath(cfg.BasePath); err != nil {
 		return cfg, fmt.Errorf("%s: %w", v.label("base-path"), err)
 	}
+	if cfg.Auth, err = authConfig(v); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// authConfig reads the access-control settings: nil for auth none, the
+// loaded token file for auth token. A token file with auth none is a
+// contradiction, not a silent no-op.
+func authConfig(v *values) (*auth.Authenticator, error) {
+	mode, err := v.oneOf("auth", string(auth.ModeNone), string(auth.ModeToken))
+	if err != nil {
+		return nil, err
+	}
+	file := v.str("auth-token-file")
+	if auth.Mode(mode) == auth.ModeNone {
+		if file != "" {
+			return nil, fmt.Errorf("%s is set but %s is none: set %s=token to use it", v.label("auth-token-file"), v.label("auth"), v.defs["auth"].env)
+		}
+		return nil, nil
+	}
+	if file == "" {
+		return nil, fmt.Errorf("%s=token needs %s", v.label("auth"), v.label("auth-token-file"))
+	}
+	a, err := auth.LoadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", v.label("auth-token-file"), err)
+	}
+	return a, nil
 }

@@ -216,3 +216,27 @@ func TestFsck(t *testing.T) {
 		t.Errorf("fsck with a bad tenant: exit %d: %s", code, out)
 	}
 }
+
+// TestReadyFileBackend: the file backend's readiness probe fails once the
+// data folder is gone, and holds again when it is back.
+func TestReadyFileBackend(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	fs, v := newFlagSet("serve", "", io.Discard, serveSettings, storeSettings)
+	if err := v.parse(fs, []string{"--data-dir", dir}, nil); err != nil {
+		t.Fatal(err)
+	}
+	be, err := openBackend(t.Context(), v, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	if err := be.ready(t.Context()); err != nil {
+		t.Fatalf("fresh data folder not ready: %v", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.ready(t.Context()); err == nil {
+		t.Fatal("ready without a data folder")
+	}
+}

@@ -24,7 +24,16 @@ import (
 type backend struct {
 	store *fhirstore.Store
 	ready func(ctx context.Context) error
-	desc  string // for the start-up log
+	desc  string       // for the start-up log
+	close func() error // releases the storage (nil: nothing to release)
+}
+
+// Close releases the storage.
+func (b *backend) Close() error {
+	if b.close == nil {
+		return nil
+	}
+	return b.close()
 }
 
 // startupCheckTimeout bounds the HeadBucket checks at start-up.
@@ -75,7 +84,7 @@ func openBackend(ctx context.Context, v *values, log *slog.Logger, maxBytes int6
 		if err != nil {
 			return nil, fmt.Errorf("%s: opening %s: %w", v.label("data-dir"), dir, err)
 		}
-		cfg.Bucket = fb
+		cfg.Bucket, b.close = fb, fb.Close
 		abs, _ := filepath.Abs(dir)
 		b.desc = "file " + abs
 		b.ready = func(ctx context.Context) error { return dirWritable(filepath.Join(dir, filestore.ReservedDir)) }
@@ -86,6 +95,7 @@ func openBackend(ctx context.Context, v *values, log *slog.Logger, maxBytes int6
 	}
 	st, err := fhirstore.New(cfg)
 	if err != nil {
+		_ = b.Close()
 		return nil, fmt.Errorf("configuring the resource store: %w", err)
 	}
 	b.store = st

@@ -174,10 +174,11 @@ func VersityGW(t testing.TB) *Server {
 	return srv
 }
 
-// AWS returns a client and the bucket named by FHIRBUCKET_TEST_AWS_BUCKET,
-// using the standard credential chain and AWS_REGION. It skips the test
-// unless RUN_AWS_S3_TESTS=1 and the bucket is named. The bucket must exist;
-// tests isolate themselves in it with NewNamespace.
+// AWS returns a Server for AWS S3 whose one usable bucket is the existing
+// bucket named by FHIRBUCKET_TEST_AWS_BUCKET, reached with the standard
+// credential chain and AWS_REGION. It skips the test unless
+// RUN_AWS_S3_TESTS=1 and the bucket is named. NewBucket returns that bucket
+// without creating anything; NewNamespace isolates tests by prefix in it.
 func AWS(t testing.TB) *Server {
 	t.Helper()
 	enabled(t, "RUN_AWS_S3_TESTS", "AWS S3", "also set FHIRBUCKET_TEST_AWS_BUCKET to an existing bucket, AWS_REGION, and credentials for the standard AWS chain")
@@ -243,9 +244,12 @@ func (s *Server) NewClient(t testing.TB) *s3store.Client {
 // Env returns the environment (KEY=value) that points a spawned fhirbucket
 // process at the server and bucket: AWS_ACCESS_KEY_ID,
 // AWS_SECRET_ACCESS_KEY, AWS_REGION, FHIRBUCKET_S3_ENDPOINT_URL,
-// FHIRBUCKET_S3_ALLOW_HTTP and FHIRBUCKET_S3_BUCKET.
+// FHIRBUCKET_S3_ALLOW_HTTP and, unless bucket is "", FHIRBUCKET_S3_BUCKET.
 func (s *Server) Env(bucket string) []string {
-	env := []string{"FHIRBUCKET_S3_BUCKET=" + bucket}
+	var env []string
+	if bucket != "" {
+		env = append(env, "FHIRBUCKET_S3_BUCKET="+bucket)
+	}
 	if s.Region != "" {
 		env = append(env, "AWS_REGION="+s.Region)
 	}

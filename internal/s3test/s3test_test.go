@@ -80,3 +80,12 @@ func TestServers(t *testing.T) {
 		})
 	}
 }
+
+func TestEnvWithoutBucket(t *testing.T) {
+	s := &Server{Kind: "versitygw", Endpoint: "http://127.0.0.1:1", AccessKey: "a", SecretKey: "b"}
+	for _, kv := range s.Env("") {
+		if strings.HasPrefix(kv, "FHIRBUCKET_S3_BUCKET=") {
+			t.Errorf("Env(\"\") sets %s", kv)
+		}
+	}
+}

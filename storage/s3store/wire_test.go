@@ -227,23 +227,26 @@ func TestWireConditionalHeaders(t *testing.T) {
 	}
 }
 
-func TestWireListNext(t *testing.T) {
-	page := func(truncated bool, keys, prefixes []string) cannedResponse {
-		var sb strings.Builder
-		sb.WriteString(`<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>bkt</Name>`)
-		fmt.Fprintf(&sb, "<IsTruncated>%t</IsTruncated>", truncated)
-		for _, k := range keys {
-			fmt.Fprintf(&sb, `<Contents><Key>%s</Key><Size>3</Size><ETag>"e"</ETag><LastModified>2026-01-02T03:04:05.000Z</LastModified></Contents>`, k)
-		}
-		for _, p := range prefixes {
-			fmt.Fprintf(&sb, `<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes>`, p)
-		}
-		if truncated {
-			sb.WriteString("<NextContinuationToken>tok</NextContinuationToken>")
-		}
-		sb.WriteString("</ListBucketResult>")
-		return cannedResponse{status: 200, header: map[string]string{"Content-Type": "application/xml"}, body: sb.String()}
+// listPage is a canned ListObjectsV2 answer.
+func listPage(truncated bool, keys, prefixes []string) cannedResponse {
+	var sb strings.Builder
+	sb.WriteString(`<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>bkt</Name>`)
+	fmt.Fprintf(&sb, "<IsTruncated>%t</IsTruncated>", truncated)
+	for _, k := range keys {
+		fmt.Fprintf(&sb, `<Contents><Key>%s</Key><Size>3</Size><ETag>"e"</ETag><LastModified>2026-01-02T03:04:05.000Z</LastModified></Contents>`, k)
 	}
+	for _, p := range prefixes {
+		fmt.Fprintf(&sb, `<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes>`, p)
+	}
+	if truncated {
+		sb.WriteString("<NextContinuationToken>tok</NextContinuationToken>")
+	}
+	sb.WriteString("</ListBucketResult>")
+	return cannedResponse{status: 200, header: map[string]string{"Content-Type": "application/xml"}, body: sb.String()}
+}
+
+func TestWireListNext(t *testing.T) {
+	page := listPage
 	tests := []struct {
 		name      string
 		responses []cannedResponse
@@ -418,5 +421,48 @@ func TestEnclosingPrefix(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("enclosingPrefix(prefix %q, after %q, delim %q) = %q, want %q", tc.prefix, tc.after, tc.delim, got, tc.want)
 		}
+	}
+}
+
+// TestWireStartAfterInsidePrefix checks the extra one-key probe List makes
+// when StartAfter lies inside a common prefix (see Bucket.List).
+func TestWireStartAfterInsidePrefix(t *testing.T) {
+	tests := []struct {
+		name         string
+		probe        cannedResponse
+		wantPrefixes []string
+		wantMainMax  string
+	}{
+		{"keys remain below the prefix", listPage(false, []string{"b/y"}, nil), []string{"b/", "d/"}, "999"},
+		{"nothing left below the prefix", listPage(false, nil, nil), []string{"d/"}, "1000"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &fakeS3{responses: []cannedResponse{tc.probe, listPage(false, []string{"c"}, []string{"d/"})}}
+			srv := httptest.NewServer(fake)
+			defer srv.Close()
+			b := newWireClient(t, srv.URL, nil).Bucket("bkt")
+			got, err := b.List(t.Context(), storage.ListOptions{StartAfter: "b/x/2", Delimiter: "/"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.Prefixes, tc.wantPrefixes) || len(got.Objects) != 1 || got.Next != "" {
+				t.Errorf("List = %+v, want prefixes %q, object c, no Next", got, tc.wantPrefixes)
+			}
+			if n := fake.attempts(); n != 2 {
+				t.Fatalf("%d requests, want the probe and the listing", n)
+			}
+			probe, main := fake.requests[0].URL.Query(), fake.requests[1].URL.Query()
+			if probe.Get("prefix") != "b/" || probe.Get("start-after") != "b/x/2" || probe.Get("max-keys") != "1" || probe.Has("delimiter") {
+				t.Errorf("probe query %v", probe)
+			}
+			wantAfter := "b/x/2"
+			if len(tc.wantPrefixes) == 2 {
+				wantAfter = storage.AfterPrefix("b/")
+			}
+			if main.Get("start-after") != wantAfter || main.Get("max-keys") != tc.wantMainMax || main.Get("delimiter") != "/" {
+				t.Errorf("listing query %v, want start-after %q max-keys %s", main, wantAfter, tc.wantMainMax)
+			}
+		})
 	}
 }
