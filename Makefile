@@ -5,7 +5,7 @@
 TOOLS_BIN := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: test tools lint
+.PHONY: test tools lint bench
 
 ## test: the full suite with the race detector, including the S3 tests
 ## against MinIO and versitygw (installed into .tools/bin if missing).
@@ -24,3 +24,8 @@ lint:
 		echo "gofmt -l reports unformatted files:"; echo "$$unformatted"; exit 1; fi
 	go vet ./...
 	$(TOOLS_BIN)/staticcheck ./...
+
+## bench: the benchmark report (bench-report.md/.json) against a private
+## MinIO; flags for other backends: go run ./cmd/fhirbucket bench --help.
+bench: tools
+	go run ./cmd/fhirbucket bench $(BENCH_FLAGS)

@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -121,8 +123,13 @@ func loadSchema() error {
 		}
 		c := jsonschema.NewCompiler()
 		c.DefaultDraft(jsonschema.Draft6)
+		for _, f := range integerFormats {
+			c.RegisterFormat(f)
+		}
+		c.AssertFormat() // the FHIR schema has no other "format"
 		for name, def := range defs {
 			rewriteRefs(def)
+			restrictIntegers(def)
 			if err := c.AddResource(definitionURL+name, def); err != nil {
 				compiled.err = fmt.Errorf("fhir: embedded schema: %w", err)
 				return
@@ -138,6 +145,59 @@ func loadSchema() error {
 		}
 	})
 	return compiled.err
+}
+
+// integerFormats check the FHIR integer types (32-bit signed). The
+// official JSON schema gives each only a "pattern" (inline in every
+// property), which JSON Schema applies to strings alone, so 1.5 or
+// 1e999999 would pass as an integer. restrictIntegers replaces such a
+// pattern with one of these formats, which check the number's text: cheap
+// even for 1e999999, where a numeric "maximum" would first compute the
+// number exactly.
+var integerFormats = map[string]*jsonschema.Format{
+	`^-?([0]|([1-9][0-9]*))$`: {Name: "fhir-integer", Validate: func(v any) error { return checkInteger(v, -1<<31) }},
+	`^[1-9][0-9]*$`:           {Name: "fhir-positiveInt", Validate: func(v any) error { return checkInteger(v, 1) }},
+	`^[0]|([1-9][0-9]*)$`:     {Name: "fhir-unsignedInt", Validate: func(v any) error { return checkInteger(v, 0) }},
+}
+
+var integerText = regexp.MustCompile(`^-?(0|[1-9][0-9]*)$`)
+
+// checkInteger accepts a JSON number written as a plain integer in
+// [minimum, 2^31-1]; other JSON types are the "type" keyword's business.
+func checkInteger(v any, minimum int64) error {
+	n, ok := v.(json.Number)
+	if !ok {
+		return nil
+	}
+	s := string(n)
+	if !integerText.MatchString(s) {
+		return fmt.Errorf("%s is not an integer (no fraction or exponent)", s)
+	}
+	i, err := strconv.ParseInt(s, 10, 32)
+	if err != nil || i < minimum {
+		return fmt.Errorf("%s is outside %d..%d", s, minimum, int64(1<<31-1))
+	}
+	return nil
+}
+
+// restrictIntegers gives every integer-typed node of a schema definition
+// its integer format.
+func restrictIntegers(v any) {
+	switch v := v.(type) {
+	case map[string]any:
+		if pat, ok := v["pattern"].(string); ok && v["type"] == "number" {
+			if f, ok := integerFormats[pat]; ok {
+				v["format"] = f.Name
+			}
+		}
+		for _, c := range v {
+			restrictIntegers(c)
+		}
+	case []any:
+		for _, c := range v {
+			restrictIntegers(c)
+		}
+	}
 }
 
 func schemaFor(resourceType string) (*jsonschema.Schema, error) {

@@ -179,7 +179,7 @@ func TestHistoryPaging(t *testing.T) {
 			// A store that has seen nothing (another process) pays for
 			// finding the newest events once, on its first page.
 			cold := newStore(t, c, withClock(clk))
-			got := pageAll(t, cold, c, "acme", tc.q, 20, 16)
+			got := pageAll(t, cold, c, "acme", tc.q, 24, 16)
 			if !slices.Equal(got, want) {
 				t.Errorf("%s: %d entries, want %d; first differences: %v", tc.name, len(got), len(want), firstDiff(got, want))
 			}

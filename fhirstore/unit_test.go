@@ -181,3 +181,40 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCursors feeds arbitrary cursors (they come from clients) to History
+// and List: the answer is a page or ErrInvalid, never a panic or another
+// error.
+func FuzzCursors(f *testing.F) {
+	s := newStore(f, memstore.New())
+	ctx := f.Context()
+	for i := range 3 {
+		if _, _, err := s.Update(ctx, "acme", "Patient", "p"+strconv.Itoa(i), patient("p"+strconv.Itoa(i), "x"), WriteOptions{}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	for _, q := range []HistoryQuery{{Count: 1}, {Type: "Patient", Count: 1}, {Type: "Patient", ID: "p1", Count: 1}} {
+		p, err := s.History(ctx, "acme", q)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(p.Next)
+	}
+	lp, err := s.List(ctx, "acme", "Patient", ListQuery{Count: 1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(lp.Next)
+	f.Add("")
+	f.Add("ZTE6MDox")
+	f.Fuzz(func(t *testing.T, cursor string) {
+		for _, q := range []HistoryQuery{{Cursor: cursor}, {Type: "Patient", Cursor: cursor}, {Type: "Patient", ID: "p1", Cursor: cursor}} {
+			if _, err := s.History(ctx, "acme", q); err != nil && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrNotFound) {
+				t.Fatalf("History cursor %q: %v", cursor, err)
+			}
+		}
+		if _, err := s.List(ctx, "acme", "Patient", ListQuery{Cursor: cursor}); err != nil && !errors.Is(err, ErrInvalid) {
+			t.Fatalf("List cursor %q: %v", cursor, err)
+		}
+	})
+}

@@ -107,6 +107,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, pattern st
 	ri := info(r)
 	ri.principal = p
 	if !p.AllowsTenant(ri.tenant) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="fhirbucket", error="insufficient_scope"`)
 		return fmt.Errorf("%w: token %q is not allowed to use tenant %q", auth.ErrForbidden, p.Name, ri.tenant)
 	}
 	return nil

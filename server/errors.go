@@ -66,7 +66,8 @@ var errorTable = []errMapping{
 // retryAfterSeconds is the Retry-After sent with 503.
 const retryAfterSeconds = "5"
 
-// statusClientClosed is logged (never sent) when the client went away.
+// statusClientClosed is logged when the client went away, and sent
+// without a body in case it still reads (see writeError).
 const statusClientClosed = 499
 
 // classify returns the status, issue code and diagnostics for err.
@@ -97,8 +98,11 @@ func classify(err error) (status int, code, diagnostics string, internal bool) {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	ri := info(r)
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-		// The client is gone: nobody reads a response.
+		// The client is gone: nobody reads a response. But a client that
+		// only half-closed its connection would otherwise read net/http's
+		// implicit "200 OK" for a request that failed, so send the status.
 		ri.status, ri.err = statusClientClosed, err
+		w.WriteHeader(statusClientClosed)
 		return
 	}
 	status, code, diag, internal := classify(err)

@@ -4,6 +4,7 @@
 //	fhirbucket serve     serve the FHIR REST API
 //	fhirbucket fsck      verify (and with --repair, repair) stored data
 //	fhirbucket version   print the version
+//	fhirbucket bench     measure throughput and S3 requests (docs/performance.md)
 //
 // Configuration comes from flags and FHIRBUCKET_* environment variables
 // (flags win); `fhirbucket <command> --help` lists every setting and
@@ -52,6 +53,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		code, err = fsck(ctx, args[1:], environ, stdout, stderr)
 	case "version":
 		err = printVersion(args[1:], stdout)
+	case "bench":
+		err = benchCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		usage(stdout)
 		return exitOK
@@ -77,6 +80,7 @@ commands:
   serve     serve the FHIR R4 REST API
   fsck      verify stored data of one tenant (--tenant) or all; --repair fixes what it can
   version   print the version
+  bench     measure throughput, latency and S3 requests per operation
 
 Run "fhirbucket <command> --help" for the settings of a command.
 `)

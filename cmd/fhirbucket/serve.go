@@ -11,11 +11,12 @@ import (
 	"time"
 
 	"fhirbucket/auth"
+	"fhirbucket/metrics"
 	"fhirbucket/server"
 )
 
 const serveSummary = `Serve the FHIR R4 REST API. The FHIR base is the server root (or --base-path);
-/healthz and /readyz stay at the root.`
+/healthz, /readyz and /metrics (Prometheus) stay at the root.`
 
 // serve runs the HTTP server until ctx ends (SIGINT/SIGTERM), then shuts
 // down gracefully: the listener closes and in-flight requests finish
@@ -41,16 +42,24 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	be, err := openBackend(ctx, v, log, cfg.MaxBodyBytes)
+	m := metrics.New(metrics.Options{ProcessCollectors: true})
+	be, err := openInstrumentedBackend(ctx, v, log, cfg.MaxBodyBytes, m)
 	if err != nil {
 		return err
 	}
 	defer be.Close()
 	cfg.Store, cfg.Ready, cfg.Logger, cfg.SoftwareVersion = be.store, be.ready, log, softwareVersion()
-	h, err := server.New(cfg)
+	fh, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
+	// /metrics is served at the root next to /healthz; requests are
+	// labelled by FHIR interaction, never by tenant or id.
+	cls, err := metrics.NewClassifier(cfg.BasePath, cfg.TenantRouting.String())
+	if err != nil {
+		return err
+	}
+	h := m.WithEndpoint(m.Middleware(cls.Interaction, fh))
 
 	addr := v.str("addr")
 	ln, err := net.Listen("tcp", addr)

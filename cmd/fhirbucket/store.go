@@ -13,6 +13,7 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/metrics"
 	"fhirbucket/storage"
 	"fhirbucket/storage/filestore"
 	"fhirbucket/storage/memstore"
@@ -43,6 +44,12 @@ const startupCheckTimeout = 30 * time.Second
 // names the setting at fault.
 // maxBytes bounds the resources the validator accepts (0: its default).
 func openBackend(ctx context.Context, v *values, log *slog.Logger, maxBytes int64) (*backend, error) {
+	return openInstrumentedBackend(ctx, v, log, maxBytes, nil)
+}
+
+// openInstrumentedBackend is openBackend reporting storage requests,
+// S3 wire requests and roll-forwards to m (nil: no metrics).
+func openInstrumentedBackend(ctx context.Context, v *values, log *slog.Logger, maxBytes int64, m *metrics.Metrics) (*backend, error) {
 	kind, err := v.oneOf("backend", "file", "s3", "memory")
 	if err != nil {
 		return nil, err
@@ -89,8 +96,17 @@ func openBackend(ctx context.Context, v *values, log *slog.Logger, maxBytes int6
 		b.desc = "file " + abs
 		b.ready = func(ctx context.Context) error { return dirWritable(filepath.Join(dir, filestore.ReservedDir)) }
 	case "s3":
-		if err := openS3(ctx, v, &cfg, b); err != nil {
+		if err := openS3(ctx, v, &cfg, b, m); err != nil {
 			return nil, err
+		}
+	}
+	if m != nil {
+		cfg.Hooks.RollForward = m.RollForward
+		if cfg.Bucket != nil {
+			cfg.Bucket = m.InstrumentBucket(cfg.Bucket)
+		}
+		for t, tb := range cfg.TenantBuckets {
+			cfg.TenantBuckets[t] = m.InstrumentBucket(tb)
 		}
 	}
 	st, err := fhirstore.New(cfg)
@@ -114,7 +130,7 @@ func dirWritable(dir string) error {
 	return os.Remove(name)
 }
 
-func openS3(ctx context.Context, v *values, cfg *fhirstore.Config, b *backend) error {
+func openS3(ctx context.Context, v *values, cfg *fhirstore.Config, b *backend, m *metrics.Metrics) error {
 	mode, err := v.oneOf("s3-tenancy-mode", "prefix", "bucket")
 	if err != nil {
 		return err
@@ -136,6 +152,9 @@ func openS3(ctx context.Context, v *values, cfg *fhirstore.Config, b *backend) e
 		EndpointURL:    v.str("s3-endpoint-url"),
 		ForcePathStyle: forcePath,
 		AllowHTTP:      allowHTTP != nil && *allowHTTP,
+	}
+	if m != nil {
+		sc.Observe = m.ObserveS3
 	}
 	client, err := s3store.New(ctx, sc)
 	if err != nil {

@@ -1,0 +1,292 @@
+// Package bench measures fhirbucket against the physical limit of its
+// object store: in one run it measures the raw requests (PUT, conditional
+// PUT, GET of small objects), the FHIR interactions over real HTTP, the
+// object-store requests each operation costs (including history pages over
+// large histories), and latency, and states every FHIR rate as a ratio to
+// what the raw requests it is made of allow. `fhirbucket bench` and
+// `make bench` run it; docs/performance.md explains how to read the report.
+//
+// Numbers depend on the machine; nothing here asserts them.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"fhirbucket/fhir"
+	"fhirbucket/storage"
+)
+
+// Defaults of Config.
+var (
+	DefaultConcurrency  = []int{1, 8, 32}
+	DefaultHistorySizes = []int{10, 10_000, 100_000}
+)
+
+// Defaults of Config.
+const (
+	DefaultCellDuration        = 3 * time.Second
+	DefaultObjectBytes         = 2048
+	DefaultHistoryPage         = 50
+	DefaultHistoryOnBackendMax = 1000
+	DefaultExamplesDir         = "testdata/r4/examples"
+)
+
+// Config selects what Run measures. Bucket and BackendKind are required;
+// every other field has a default.
+type Config struct {
+	// Bucket is where everything is written: an empty namespace the run
+	// may fill (Run writes below a fresh prefix of it and leaves its
+	// objects there unless Cleanup is set).
+	Bucket storage.Bucket
+	// Backend describes Bucket for the report (Kind: minio, s3, memory,
+	// file).
+	Backend Backend
+	// Concurrency levels of every throughput cell. Default 1, 8, 32.
+	Concurrency []int
+	// CellDuration is the measured time of each throughput cell. Default
+	// DefaultCellDuration.
+	CellDuration time.Duration
+	// MaxOpsPerCell bounds the operations of a cell (0: only the
+	// duration bounds it). Tests use it to keep runs tiny.
+	MaxOpsPerCell int
+	// ObjectBytes is the size of the raw objects. Default 2048.
+	ObjectBytes int
+	// HistorySizes are the numbers of prior events of the history pages
+	// measured. Default 10, 10,000, 100,000.
+	HistorySizes []int
+	// HistoryPage is the page size (_count) of history pages. Default 50.
+	HistoryPage int
+	// HistoryOnBackendMax is the largest history built on Bucket: building
+	// a history of N events takes N sequential updates (5N requests), so
+	// larger ones are built and measured on the memory backend, where the
+	// request counts are the same (they are a property of fhirstore, not
+	// of the backend). Default 1,000; negative: every size on memory.
+	HistoryOnBackendMax int
+	// ExamplesDir holds the official FHIR examples sent as bodies. Default
+	// DefaultExamplesDir (relative to the working directory).
+	ExamplesDir string
+	// Cleanup removes what the run wrote when it ends.
+	Cleanup bool
+	// Logger receives progress. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.Bucket == nil {
+		return errors.New("bench: Config.Bucket is required")
+	}
+	if c.Backend.Kind == "" {
+		return errors.New("bench: Config.Backend.Kind is required")
+	}
+	if len(c.Concurrency) == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	for _, n := range c.Concurrency {
+		if n < 1 {
+			return fmt.Errorf("bench: concurrency %d: must be >= 1", n)
+		}
+	}
+	if c.CellDuration <= 0 {
+		c.CellDuration = DefaultCellDuration
+	}
+	if c.ObjectBytes <= 0 {
+		c.ObjectBytes = DefaultObjectBytes
+	}
+	if c.HistorySizes == nil {
+		c.HistorySizes = DefaultHistorySizes
+	}
+	for _, n := range c.HistorySizes {
+		if n < 1 {
+			return fmt.Errorf("bench: history size %d: must be >= 1", n)
+		}
+	}
+	if c.HistoryPage <= 0 {
+		c.HistoryPage = DefaultHistoryPage
+	}
+	if c.HistoryOnBackendMax == 0 {
+		c.HistoryOnBackendMax = DefaultHistoryOnBackendMax
+	}
+	if c.ExamplesDir == "" {
+		c.ExamplesDir = DefaultExamplesDir
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// runner is the state of one run.
+type runner struct {
+	cfg      Config
+	log      *slog.Logger
+	raw      *counter // the run's namespace, counted
+	rawRates map[string]map[int]measurement
+	// fhirRates are the FHIR cells by "op/concurrency".
+	fhirRates map[string]measurement
+	report    *Report
+}
+
+// Run measures and returns the report. It fails on the first error of any
+// request: a benchmark of failing requests would be meaningless.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	runID := strconv.FormatInt(time.Now().UnixMilli(), 36)
+	ns, err := storage.Prefixed(cfg.Bucket, "bench-"+runID)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{
+		cfg: cfg, log: cfg.Logger, raw: &counter{Bucket: ns},
+		rawRates: map[string]map[int]measurement{}, fhirRates: map[string]measurement{},
+		report: &Report{
+			Date: time.Now().UTC(), Machine: machine(), Go: runtime.Version(), Backend: cfg.Backend,
+			Settings: Settings{
+				Concurrency: cfg.Concurrency, CellSeconds: cfg.CellDuration.Seconds(), MaxOpsPerCell: cfg.MaxOpsPerCell,
+				ObjectBytes: cfg.ObjectBytes, HistorySizes: cfg.HistorySizes, HistoryPage: cfg.HistoryPage,
+				HistoryOnBackendMax: cfg.HistoryOnBackendMax,
+			},
+		},
+	}
+	if cfg.Cleanup {
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+			defer cancel()
+			if err := deleteAll(cctx, ns); err != nil {
+				r.log.Warn("removing the benchmark's objects", "prefix", "bench-"+runID, "error", err)
+			}
+		}()
+	}
+
+	validator, err := fhir.NewValidator(fhir.ValidatorOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("bench: loading the FHIR validator: %w", err)
+	}
+	examples, err := loadExamples(cfg.ExamplesDir, validator)
+	if err != nil {
+		return nil, err
+	}
+	total := 0
+	for _, e := range examples {
+		total += len(e.body)
+	}
+	r.report.Settings.Examples, r.report.Settings.ExampleMeanSize = len(examples), total/len(examples)
+
+	if err := r.rawBaseline(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.fhirHTTP(ctx, validator, examples); err != nil {
+		return nil, err
+	}
+	if err := r.requestCosts(ctx, validator); err != nil {
+		return nil, err
+	}
+	r.notes()
+	return r.report, nil
+}
+
+// Raw request names, as in the report.
+const (
+	rawPut     = "put"
+	rawCondPut = "put_if_none_match"
+	rawGet     = "get"
+)
+
+func (r *runner) rawBaseline(ctx context.Context) error {
+	payload := make([]byte, r.cfg.ObjectBytes)
+	_, _ = rand.Read(payload)
+	for i := range payload {
+		payload[i] = 'a' + payload[i]%26 // printable, like JSON text
+	}
+	size := int64(len(payload))
+	// Each request kind numbers its keys with its own counter, kept across
+	// concurrency levels, so every conditional PUT creates a new key. A
+	// cell returns only when every operation it started has succeeded, so
+	// after the PUT cells raw/put/0 … raw/put/{puts-1} all exist.
+	var puts, cputs, gets atomic.Int64
+	ops := []struct {
+		name string
+		seq  *atomic.Int64
+		op   func(ctx context.Context, i int64) error
+	}{
+		{rawPut, &puts, func(ctx context.Context, i int64) error {
+			_, err := r.raw.Put(ctx, "raw/put/"+strconv.FormatInt(i, 10), bytes.NewReader(payload),
+				storage.PutOptions{ContentType: "application/json", Size: size})
+			return err
+		}},
+		{rawCondPut, &cputs, func(ctx context.Context, i int64) error {
+			_, err := r.raw.Put(ctx, "raw/cput/"+strconv.FormatInt(i, 10), bytes.NewReader(payload),
+				storage.PutOptions{ContentType: "application/json", Size: size, IfNoneMatch: "*"})
+			return err
+		}},
+		{rawGet, &gets, func(ctx context.Context, i int64) error {
+			// A stride that is coprime with most counts spreads the reads.
+			k := (i * 7919) % puts.Load()
+			rc, _, err := r.raw.Get(ctx, "raw/put/"+strconv.FormatInt(k, 10))
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(io.Discard, rc)
+			rc.Close()
+			return err
+		}},
+	}
+	for _, o := range ops {
+		r.rawRates[o.name] = map[int]measurement{}
+		for _, c := range r.cfg.Concurrency {
+			m, err := load(ctx, c, r.cfg.CellDuration, r.cfg.MaxOpsPerCell, o.seq, o.op)
+			if err != nil {
+				return fmt.Errorf("bench: raw %s at concurrency %d: %w", o.name, c, err)
+			}
+			r.rawRates[o.name][c] = m
+			r.report.Raw = append(r.report.Raw, RawRow{Op: o.name, Concurrency: c, Ops: m.ops, PerSecond: m.rate(),
+				P50ms: m.quantile(.5), P99ms: m.quantile(.99)})
+			r.log.Info("raw", "op", o.name, "concurrency", c, "per_second", int(m.rate()), "p50_ms", m.quantile(.5))
+		}
+	}
+	return nil
+}
+
+// notes states how to read this run's numbers.
+func (r *runner) notes() {
+	rep := r.report
+	add := func(format string, a ...any) { rep.Notes = append(rep.Notes, fmt.Sprintf(format, a...)) }
+	add("Every ratio compares with raw rates measured in this run, on this backend, at the same concurrency. "+
+		"The load generator, the FHIR server%s share the machine's %d CPUs: FHIR cells also pay for HTTP, JSON and validation CPU that the raw cells do not.",
+		map[bool]string{true: " and the S3 server", false: ""}[rep.Backend.Kind == "minio"], rep.Machine.CPUs)
+	add("A create needs two sequential round trips (the version claim, then current.json in parallel with the two events), an update three (GET current.json first); " +
+		"throughput at concurrency 1 is therefore bounded by latency, not by the request budget, and its ratio is expected near 1/2 (create) or 1/3 (update).")
+	var large []string
+	for _, n := range r.cfg.HistorySizes {
+		if n > r.cfg.HistoryOnBackendMax && rep.Backend.Kind != "memory" {
+			large = append(large, strconv.Itoa(n))
+		}
+	}
+	if len(large) > 0 {
+		add("History pages over %s prior events were built and counted on the memory backend (building N events costs 5N sequential requests); "+
+			"request counts are a property of fhirstore's paging, identical on every backend. Raise --history-on-backend-max to build them on %s.",
+			strings.Join(large, ", "), rep.Backend.Kind)
+	}
+	add("\"history-… page 2\" rows follow the first page's next link. Batch/transaction and bulk export/submit rows are absent: those features do not exist yet.")
+	var low []string
+	for _, f := range rep.FHIR {
+		if f.Ratio < 0.8 && f.Concurrency == slicesMax(r.cfg.Concurrency) {
+			low = append(low, fmt.Sprintf("%s at %d (%.2f)", f.Op, f.Concurrency, f.Ratio))
+		}
+	}
+	if len(low) > 0 {
+		add("Below 0.8 at the highest concurrency: %s; docs/performance.md explains what holds each back.", strings.Join(low, ", "))
+	}
+}

@@ -1,0 +1,364 @@
+package jepsen
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"fhirbucket/internal/faultproxy"
+)
+
+// runConfig sizes one run. The default fits `make test` (about a minute on
+// two busy cores); FHIRBUCKET_TEST_JEPSEN_LONG=1 runs a longer, busier one.
+// (The variable carries the FHIRBUCKET_TEST_ prefix, which the command
+// reserves for test suites, so the spawned servers do not reject it.)
+type runConfig struct {
+	clients    int
+	ids        int           // resources per epoch
+	epoch      time.Duration // clients move to fresh ids after each epoch
+	duration   time.Duration
+	maxOps     int // per client
+	kills      int // kill -9 of a replica, each followed by a restart
+	minioAt    float64
+	proxyRates faultproxy.Rates
+	seed       uint64
+	// checkTimeout bounds porcupine. A linearizable history of the default
+	// run checks in about a second; proving a violation can take far
+	// longer (the search must exhaust every placement of the operations
+	// with an unknown outcome), and a check that does not finish fails the
+	// test. FHIRBUCKET_TEST_JEPSEN_CHECK_TIMEOUT (a duration) changes it.
+	checkTimeout time.Duration
+}
+
+func config() runConfig {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("FHIRBUCKET_TEST_JEPSEN_SEED"); s != "" {
+		if v, err := strconv.ParseUint(s, 10, 64); err == nil {
+			seed = v
+		}
+	}
+	cfg := runConfig{
+		clients:  6,
+		ids:      4,
+		epoch:    30 * time.Second,
+		duration: 30 * time.Second,
+		maxOps:   1500,
+		kills:    3,
+		minioAt:  0.55,
+		proxyRates: faultproxy.Rates{
+			SlowDown: 0.04, Delay: 0.05, DropRequest: 0.02, DropResponse: 0.04, Hang: 0.003,
+			MaxDelay: 300 * time.Millisecond, HangFor: 3 * time.Second,
+		},
+		seed:         seed,
+		checkTimeout: 2 * time.Minute,
+	}
+	if d, err := time.ParseDuration(os.Getenv("FHIRBUCKET_TEST_JEPSEN_CHECK_TIMEOUT")); err == nil && d > 0 {
+		cfg.checkTimeout = d
+	}
+	if os.Getenv("FHIRBUCKET_TEST_JEPSEN_LONG") == "1" {
+		// Fresh ids every minute keep each resource's history, and so the
+		// number of operations with an unknown outcome the checker must
+		// place in one partition, as small as in the default run.
+		cfg.clients, cfg.ids, cfg.duration, cfg.epoch, cfg.maxOps, cfg.kills = 10, 5, 5*time.Minute, time.Minute, 20000, 15
+	}
+	return cfg
+}
+
+// TestLinearizableUnderFaults is the Jepsen-style test of issue 6: three
+// servers on one bucket, concurrent clients through all of them, replicas
+// killed with SIGKILL and restarted, MinIO killed and restarted, S3 faults
+// on one replica's storage traffic; the history must be linearizable
+// against Model, and after `fsck --repair` the store must be clean and
+// hold every acknowledged write exactly once.
+func TestLinearizableUnderFaults(t *testing.T) {
+	cfg := config()
+	t.Logf("seed %d (set FHIRBUCKET_TEST_JEPSEN_SEED to repeat the workload's choices)", cfg.seed)
+	ctx := t.Context()
+	started := time.Now()
+
+	m := startMinIO(t)
+	if err := m.createBucket(ctx, bucketName); err != nil {
+		t.Fatalf("creating the bucket: %v", err)
+	}
+	bin := buildFhirbucket(t)
+	proxy, err := faultproxy.New(m.endpoint, cfg.seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+
+	// Replicas 0 and 1 talk to MinIO, replica 2 through the fault proxy.
+	replicas := []*replica{
+		newReplica(t, bin, 0, m.endpoint),
+		newReplica(t, bin, 1, m.endpoint),
+		newReplica(t, bin, 2, proxy.URL()),
+	}
+	for _, r := range replicas {
+		if err := r.launch(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setup := time.Since(started)
+
+	rec := newRecorder()
+	var ids []string
+	var epochs [][]string
+	for e := range int((cfg.duration + cfg.epoch - 1) / cfg.epoch) {
+		var ep []string
+		for i := range cfg.ids {
+			ep = append(ep, fmt.Sprintf("jepsen-e%d-%d", e, i))
+		}
+		epochs = append(epochs, ep)
+		ids = append(ids, ep...)
+	}
+	runCtx, stopRun := context.WithTimeout(ctx, cfg.duration)
+	defer stopRun()
+
+	// Clients.
+	var writes atomic.Int64
+	var wg sync.WaitGroup
+	transport := &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 30 * time.Second}
+	t.Cleanup(transport.CloseIdleConnections)
+	for n := range cfg.clients {
+		c := &client{
+			n: n, nClients: cfg.clients,
+			http:     &http.Client{Timeout: 10 * time.Second, Transport: transport},
+			rng:      rand.New(rand.NewPCG(cfg.seed, uint64(n))),
+			rec:      rec,
+			replicas: replicas,
+			epochs:   epochs,
+			epochLen: cfg.epoch,
+			writes:   &writes,
+			seen:     map[string]int{},
+		}
+		wg.Go(func() { c.run(runCtx, cfg.maxOps) })
+	}
+
+	// Nemesis: one fault at a time, so that a replica is never restarted
+	// while MinIO is down (its start-up check would fail).
+	proxy.SetRates(cfg.proxyRates)
+	faults := map[string]int{}
+	var faultLog []string
+	nemesisDone := make(chan struct{})
+	go func() {
+		defer close(nemesisDone)
+		rng := rand.New(rand.NewPCG(cfg.seed, 0xfa17))
+		type event struct {
+			at    time.Duration
+			minio bool
+		}
+		var events []event
+		for i := range cfg.kills {
+			// Spread over the run, with jitter, away from MinIO's restart.
+			slot := cfg.duration / time.Duration(cfg.kills+1)
+			events = append(events, event{at: slot*time.Duration(i+1) - slot/3 + time.Duration(rng.Int64N(int64(slot/3)))})
+		}
+		events = append(events, event{at: time.Duration(cfg.minioAt * float64(cfg.duration)), minio: true})
+		slices.SortFunc(events, func(a, b event) int { return int(a.at - b.at) })
+		for _, ev := range events {
+			wait := time.Until(rec.t0.Add(ev.at))
+			select {
+			case <-runCtx.Done():
+				return
+			case <-time.After(wait):
+			}
+			at := time.Since(rec.t0).Round(time.Millisecond)
+			if ev.minio {
+				down := 500*time.Millisecond + time.Duration(rng.Int64N(int64(time.Second)))
+				if err := m.restart(ctx, down); err != nil {
+					t.Errorf("restarting MinIO: %v", err)
+					return
+				}
+				faults["minio kill -9 and restart"]++
+				faultLog = append(faultLog, fmt.Sprintf("%s minio killed, down %s, back after %s", at, down.Round(time.Millisecond), (time.Since(rec.t0)-at).Round(time.Millisecond)))
+				continue
+			}
+			n := rng.IntN(len(replicas))
+			down := 200*time.Millisecond + time.Duration(rng.Int64N(int64(1500*time.Millisecond)))
+			replicas[n].kill()
+			time.Sleep(down)
+			if err := replicas[n].launch(ctx); err != nil {
+				t.Errorf("restarting replica %d: %v", n, err)
+				return
+			}
+			faults["replica kill -9 and restart"]++
+			faultLog = append(faultLog, fmt.Sprintf("%s replica %d killed, down %s, ready after %s", at, n, down.Round(time.Millisecond), (time.Since(rec.t0)-at).Round(time.Millisecond)))
+		}
+	}()
+	// The nemesis finishes its schedule even if the clients reached
+	// maxOps early, so every kind of fault is always injected.
+	wg.Wait()
+	<-nemesisDone
+	stopRun()
+	proxy.SetRates(faultproxy.Rates{})
+	runTime := time.Since(rec.t0)
+	for f, n := range proxy.Counts() {
+		if f != faultproxy.Pass && n > 0 {
+			faults["s3 "+f.String()+" (replica 2)"] += int(n)
+		}
+	}
+	for _, l := range faultLog {
+		t.Log("fault: " + l)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// Every replica must be up again (a replica may be between a kill and
+	// its restart only if the nemesis failed, which failed the test).
+	for _, r := range replicas {
+		if r.exited() {
+			t.Fatalf("%s is not running after the run; its output:\n%s", r.name, r.log)
+		}
+	}
+
+	// Roll forward what the faults left unfinished, then nothing may
+	// remain.
+	fsckStart := time.Now()
+	code, out, err := fsck(ctx, bin, m.endpoint, "--repair")
+	if err != nil || code != 0 {
+		t.Fatalf("fsck --repair: exit %d, %v:\n%s", code, err, out)
+	}
+	repaired := strings.Count(out, "REPAIRED")
+	t.Logf("fsck --repair: %d repairs; %s", repaired, lastLine(out))
+	code, out, err = fsck(ctx, bin, m.endpoint)
+	if err != nil || code != 0 || strings.Contains(out, "PROBLEM") || !strings.HasSuffix(strings.TrimSpace(out), "ok") {
+		t.Fatalf("fsck after repair: exit %d, %v, want exit 0 and nothing to repair:\n%s", code, err, out)
+	}
+	fsckTime := time.Since(fsckStart)
+
+	// The final state, read through one replica after the repair, closes
+	// the history: it must be consistent with every operation before it.
+	final := map[string][]Entry{}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	for _, id := range ids {
+		call := rec.now()
+		es, status, err := finalHistory(ctx, hc, replicas[0].base, id)
+		if err != nil {
+			t.Fatalf("final history: %v", err)
+		}
+		final[id] = es
+		rec.add(2*cfg.clients, call, rec.now(), Input{ID: id, Kind: KindHistory, Count: math.MaxInt32}, Output{Status: status, Entries: es})
+	}
+
+	rec.mu.Lock()
+	ops, acked, problems := rec.ops, rec.acked, rec.problems
+	rec.mu.Unlock()
+	for _, p := range problems {
+		t.Errorf("wrong answer: %s", p)
+	}
+	for _, b := range checkFinal(final, acked) {
+		t.Errorf("final state: %s", b)
+	}
+
+	checkStart := time.Now()
+	model := Model()
+	res, info := porcupine.CheckOperationsVerbose(model, ops, cfg.checkTimeout)
+	checkTime := time.Since(checkStart)
+
+	versions := 0
+	for _, es := range final {
+		versions += len(es)
+	}
+	t.Logf("operations checked: %d (%s), of which unknown outcome: %s; writes not sent (replica down): %d; acknowledged writes: %d; final versions: %d",
+		len(ops), formatCounts(rec.byKind), formatKinds(rec.unknown), rec.notSent, len(acked), versions)
+	t.Logf("faults: %s", formatCounts(faults))
+	t.Logf("durations: setup %s, run %s, fsck %s, check %s (result %s)",
+		setup.Round(time.Millisecond), runTime.Round(time.Millisecond), fsckTime.Round(time.Millisecond), checkTime.Round(time.Millisecond), res)
+	if faults["replica kill -9 and restart"] == 0 || faults["minio kill -9 and restart"] == 0 {
+		t.Errorf("the nemesis did not inject every kind of fault: %v", faults)
+	}
+	switch res {
+	case porcupine.Ok:
+	case porcupine.Unknown:
+		t.Errorf("the linearizability check did not finish in time; reduce the run or raise the timeout")
+	default:
+		reportViolation(t, model, ops, info)
+	}
+}
+
+// reportViolation prints the partition that is not linearizable and
+// writes porcupine's visualization next to the test's temporary files.
+func reportViolation(t *testing.T, model porcupine.Model, ops []porcupine.Operation, info porcupine.LinearizationInfo) {
+	t.Helper()
+	f, err := os.CreateTemp("", "fhirbucket-jepsen-*.html")
+	if err == nil {
+		if err := porcupine.Visualize(model, info, f); err != nil {
+			t.Logf("writing the visualization: %v", err)
+		}
+		f.Close()
+		t.Errorf("the history is NOT linearizable; visualization: %s", f.Name())
+	} else {
+		t.Errorf("the history is NOT linearizable (no visualization: %v)", err)
+	}
+	// The checker's partitions come in the order of model.Partition; a
+	// partition is at fault when no partial linearization covers it.
+	parts := model.Partition(ops)
+	for i, part := range info.PartialLinearizationsOperations() {
+		if len(part) == 0 || i >= len(parts) {
+			continue
+		}
+		longest := part[0]
+		for _, p := range part {
+			if len(p) > len(longest) {
+				longest = p
+			}
+		}
+		if len(longest) == len(parts[i]) {
+			continue
+		}
+		t.Logf("resource %s: longest linearizable prefix %d of %d operations (last 30 shown); the next operation cannot be placed:",
+			parts[i][0].Input.(Input).ID, len(longest), len(parts[i]))
+		for _, op := range longest[max(0, len(longest)-30):] {
+			t.Logf("  [%d, %s] client %d %s", op.Call, retText(op.Return), op.ClientId, Describe(op.Input.(Input), op.Output.(Output)))
+		}
+	}
+}
+
+func retText(r int64) string {
+	if r == math.MaxInt64 {
+		return "never"
+	}
+	return strconv.FormatInt(r, 10)
+}
+
+func formatCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+func formatKinds(m map[Kind]int) string {
+	s := map[string]int{}
+	for k, n := range m {
+		s[k.String()] = n
+	}
+	return formatCounts(s)
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
