@@ -98,8 +98,8 @@ func (r *runner) historyCosts(ctx context.Context, c *counter, st *fhirstore.Sto
 	t0 := time.Now()
 	// The oldest versions are written directly (see writeHistory); the
 	// newest two pages' worth through fhirstore, as a server would.
-	real := min(n-1, 2*page)
-	direct := n - real
+	viaStore := min(n-1, 2*page)
+	direct := n - viaStore
 	id := "history-" + strconv.Itoa(n)
 	tb, err := st.TenantBucket(tenant)
 	if err != nil {
@@ -113,7 +113,7 @@ func (r *runner) historyCosts(ctx context.Context, c *counter, st *fhirstore.Sto
 	if err != nil {
 		return err
 	}
-	for i := range real {
+	for i := range viaStore {
 		if _, _, err := st.Update(ctx, tenant, "Patient", id, body, fhirstore.WriteOptions{}); err != nil {
 			return fmt.Errorf("bench: building a history of %d (version %d): %w", n, direct+i+1, err)
 		}

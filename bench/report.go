@@ -39,6 +39,10 @@ type Machine struct {
 	MemoryMB int64  `json:"memory_mb,omitempty"`
 	OS       string `json:"os"`
 	Arch     string `json:"arch"`
+	// LoadAvg is the 1-minute load average (/proc/loadavg) at the start
+	// and at the end of the run: other work on the machine skews results.
+	LoadAvgStart float64 `json:"load_avg_start"`
+	LoadAvgEnd   float64 `json:"load_avg_end"`
 }
 
 // Backend names the object store measured.
@@ -122,8 +126,10 @@ type LatencyRow struct {
 	RawP50ms   float64 `json:"raw_p50_ms"`
 	RawP99ms   float64 `json:"raw_p99_ms"`
 	RoundTrips int     `json:"round_trips"` // sequential object-store round trips
-	// OverheadP50ms is P50 minus RoundTrips × the raw p50: the time the
-	// server adds (HTTP, JSON, validation).
+	// RawP50ms and RawP99ms add up the raw quantiles of the requests on
+	// the critical path (RawOp).
+	// OverheadP50ms is P50 minus RawP50ms: the time the server adds (HTTP,
+	// JSON, validation, and waiting for the slowest of parallel requests).
 	OverheadP50ms float64 `json:"overhead_p50_ms"`
 }
 
@@ -156,7 +162,8 @@ func (r *Report) Markdown() string {
 	if r.Machine.CPUModel != "" {
 		model = " (" + r.Machine.CPUModel + ")"
 	}
-	p("- machine: %d CPUs%s%s, %s/%s\n", r.Machine.CPUs, model, mem, r.Machine.OS, r.Machine.Arch)
+	p("- machine: %d CPUs%s%s, %s/%s; load average %.1f at the start, %.1f at the end\n", r.Machine.CPUs, model, mem,
+		r.Machine.OS, r.Machine.Arch, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd)
 	p("- Go: %s\n", r.Go)
 	be := r.Backend.Kind
 	if r.Backend.Version != "" {
@@ -197,7 +204,7 @@ func (r *Report) Markdown() string {
 		p("| %s | %s | %s | %d | %d | %d | %d | %d | %d | %d | %s |\n", x.Op, size, x.MeasuredOn,
 			x.Get, x.Put, x.CondPut, x.Head, x.List, x.Delete, x.Total, f1(x.Millis))
 	}
-	p("\n## Latency at concurrency 1\n\n| interaction | p50 ms | p99 ms | raw request | raw p50 ms | raw p99 ms | sequential round trips | server overhead p50 ms |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n")
+	p("\n## Latency at concurrency 1\n\n| interaction | p50 ms | p99 ms | raw requests on the critical path | raw p50 ms | raw p99 ms | sequential round trips | overhead p50 ms |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n")
 	for _, x := range r.Latency {
 		p("| %s | %s | %s | %s | %s | %s | %d | %s |\n", x.Op, f1(x.P50ms), f1(x.P99ms), x.RawOp, f1(x.RawP50ms), f1(x.RawP99ms), x.RoundTrips, f1(x.OverheadP50ms))
 	}
@@ -213,7 +220,7 @@ func (r *Report) Markdown() string {
 // machine describes this machine from runtime and /proc (Linux); fields
 // it cannot learn stay empty.
 func machine() Machine {
-	m := Machine{CPUs: runtime.NumCPU(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	m := Machine{CPUs: runtime.NumCPU(), OS: runtime.GOOS, Arch: runtime.GOARCH, LoadAvgStart: loadAvg()}
 	if f, err := os.Open("/proc/meminfo"); err == nil {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
@@ -240,4 +247,18 @@ func machine() Machine {
 		f.Close()
 	}
 	return m
+}
+
+// loadAvg is the 1-minute load average, 0 when unknown.
+func loadAvg() float64 {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(fields[0], 64)
+	return v
 }

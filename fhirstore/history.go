@@ -59,16 +59,24 @@ const (
 // Type and system level page over the event keys, which start with the
 // zero-padded timestamp: a page lists time windows backwards from the upper
 // bound (the cursor's last key, or no bound for the first page), starting
-// with the window that filled the previous page and doubling it (or
-// growing it eightfold after an empty window) until Count+1 events are
-// found; a window holding more than one LIST page of events is narrowed
-// instead of read through, so a page costs a small number of LISTs that
-// does not depend on the size of the history. Events are never read: the
-// key names the version, and the page then GETs the Count version objects
-// in parallel (bounded by Config.Parallelism). Keys are compared in full,
-// so events sharing one millisecond are split across pages without loss
-// or repetition. Only when more than 1,000 events share the very same
-// millisecond does a page list all of that millisecond.
+// with the window that held the previous page (carried in the cursor), and
+// searches (galloping, then bisecting) instead of reading through a window
+// that holds more than one LIST page (see collectEvents). Events are never
+// read: the key names the version, and the page then GETs the Count
+// version objects in parallel (bounded by Config.Parallelism). Keys are
+// compared in full, so events sharing one millisecond are split across
+// pages without loss or repetition. Cost: Count GETs plus, with a cursor,
+// one or two LISTs; a first page costs O(log of the time span) LISTs when
+// this process has not seen the history yet (measured: 25 for 100,000
+// events written over 12 minutes, an hour old), 2 otherwise. Neither
+// depends on the number of events, except that a single millisecond
+// holding more than 1,000 events is read through.
+//
+// Decisions: Count defaults to DefaultHistoryCount (50) and is capped at
+// MaxCount (1000); Since keeps versions with lastUpdated >= Since at
+// millisecond precision; a cursor from another level or query -> ErrInvalid
+// when it does not parse for this level (it is not signed: a cursor only
+// ever selects what the caller may read anyway).
 func (s *Store) History(ctx context.Context, tenant string, q HistoryQuery) (*HistoryPage, error) {
 	b, err := s.TenantBucket(tenant)
 	if err != nil {
@@ -267,13 +275,14 @@ func (s *Store) collectEvents(ctx context.Context, b storage.Bucket, hintKey, pr
 	hi = min(hi, maxTS+1)
 	hiKey := upper
 	w = min(max(w, 1), maxTS) // a cursor's window is outside input
+	firstLo := int64(-1)
 	if upper == "" {
 		// A first page starts at the newest event this process has seen
 		// (written or listed), when that is further back than the window:
 		// one LIST then covers a quiet period of any length. It is only a
 		// hint; newer events of other processes are in that window too.
 		if h, ok := s.newestHint.Load(hintKey); ok && h.(int64) < hi-w && h.(int64) >= floor {
-			w = hi - h.(int64)
+			firstLo = h.(int64)
 		}
 	}
 	var out []string
@@ -287,7 +296,11 @@ func (s *Store) collectEvents(ctx context.Context, b storage.Bucket, hintKey, pr
 	known, g := int64(-1), int64(1)
 	for hi > floor && len(out) < need {
 		lo := max(hi-w, floor)
-		if known >= 0 {
+		hinted := firstLo >= 0
+		switch {
+		case hinted:
+			lo, firstLo = max(firstLo, floor), -1
+		case known >= 0:
 			lo = max(known+min(g, (hi-known)/2), floor)
 		}
 		names, overflow, err := listWindow(ctx, b, prefix, lo, hiKey, 0)
@@ -326,7 +339,9 @@ func (s *Store) collectEvents(ctx context.Context, b storage.Bucket, hintKey, pr
 			}
 		}
 		searching := known >= 0
-		w = max(w, hi-lo)
+		if !hinted {
+			w = max(w, hi-lo)
+		}
 		hi, hiKey = lo, prefix+padTS(lo)
 		switch {
 		case len(names) > 0:

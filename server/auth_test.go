@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -553,4 +554,38 @@ func types(e ast.Expr) string {
 		return id.Name
 	}
 	return "?"
+}
+
+// TestGuaranteesCiteExistingTests keeps docs/guarantees.md honest: every
+// test it names as evidence ("folder/file.go: TestName", and the bare
+// `TestName`s that follow in the same sentence) is defined in that file.
+func TestGuaranteesCiteExistingTests(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "guarantees.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cite := regexp.MustCompile("`([\\w/]+\\.go): (Test\\w+)`|`(Test\\w+)`")
+	file, n := "", 0
+	for _, m := range cite.FindAllStringSubmatch(string(doc), -1) {
+		name := m[3]
+		if m[1] != "" {
+			file, name = m[1], m[2]
+		}
+		if file == "" {
+			t.Errorf("%s is cited before any file", name)
+			continue
+		}
+		src, err := os.ReadFile(filepath.Join("..", file))
+		if err != nil {
+			t.Errorf("%s: %v", file, err)
+			continue
+		}
+		if !strings.Contains(string(src), "func "+name+"(") {
+			t.Errorf("docs/guarantees.md cites %s in %s, which does not define it", name, file)
+		}
+		n++
+	}
+	if n < 20 {
+		t.Errorf("only %d citations found; is the pattern still right?", n)
+	}
 }

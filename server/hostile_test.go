@@ -29,6 +29,8 @@ type hostile struct {
 	header       http.Header
 	// pathTenants sends it to the server with path tenant routing.
 	pathTenants bool
+	// withAuth sends it to the server with token authentication.
+	withAuth bool
 }
 
 // hostileCorpus builds the malformed requests from tables: each family
@@ -196,6 +198,24 @@ func hostileCorpus() []hostile {
 		}
 		add(hostile{name: "tenant path " + tn[:min(len(tn), 40)] + " history", method: "GET", path: "/" + tn + "/_history", pathTenants: true})
 	}
+	// 7. Bad credentials, against the server with token authentication
+	// (which must refuse them before anything else happens).
+	for _, a := range []string{"", "Bearer", "Bearer ", "Basic YTpi", "Bearer tok-unknown", "Bearer tok-valid tok-valid",
+		"Bearer =tok", "Bearer tok-valid=x", "Bearer " + kib64, "bearer\ttok-valid", "Bearer ../../etc/passwd", "Token tok-valid"} {
+		for _, w := range writes {
+			h := json("Authorization: " + a)
+			if a == "" {
+				h = json()
+			}
+			add(hostile{name: "credentials " + a[:min(len(a), 40)] + " " + w.method, method: w.method, path: w.path, body: w.body, header: h, withAuth: true})
+		}
+	}
+	add(hostile{name: "credentials twice", method: "PUT", path: "/Patient/p1", body: patientJSON("p1", "x"),
+		header: json("Authorization: Bearer tok-valid", "Authorization: Bearer tok-valid"), withAuth: true})
+	add(hostile{name: "valid token for another tenant", method: "PUT", path: "/Patient/p1", body: patientJSON("p1", "x"),
+		header: json("Authorization: Bearer tok-valid", "X-Tenant-ID: x"), withAuth: true})
+	add(hostile{name: "valid token without write scope", method: "PUT", path: "/Patient/p1", body: patientJSON("p1", "x"),
+		header: json("Authorization: Bearer tok-read"), withAuth: true})
 	return out
 }
 
@@ -227,6 +247,9 @@ func TestHostileRequests(t *testing.T) {
 			st := prefixStore(t, bucket)
 			hdr := start(t, server.Config{Store: st, MaxBodyBytes: hostileBodyLimit})
 			path := start(t, server.Config{Store: st, MaxBodyBytes: hostileBodyLimit, TenantRouting: server.TenantPath})
+			authed := start(t, server.Config{Store: st, MaxBodyBytes: hostileBodyLimit, Auth: authenticator(t,
+				tokenSpec{"valid", "tok-valid", "default", []string{"system/*.*"}},
+				tokenSpec{"read", "tok-read", "default", []string{"system/*.read"}})})
 			// Something to overwrite, delete or leak: p1 with two versions,
 			// a deleted resource, and a resource in a second tenant.
 			for _, s := range []struct{ method, path, body, tenant string }{
@@ -245,8 +268,11 @@ func TestHostileRequests(t *testing.T) {
 			statuses := map[int]int{}
 			for _, c := range corpus {
 				l := hdr
-				if c.pathTenants {
+				switch {
+				case c.pathTenants:
 					l = path
+				case c.withAuth:
+					l = authed
 				}
 				r := l.send(c.method, c.path, c.body, c.header)
 				statuses[r.status]++

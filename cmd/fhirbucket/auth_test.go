@@ -113,6 +113,7 @@ func TestServeWithTokenAuth(t *testing.T) {
 	}{
 		{"/healthz", "", 200},
 		{"/metadata", "", 200},
+		{"/metrics", "", 200}, // public by decision: see docs/guarantees.md
 		{"/Patient", "", 401},
 		{"/Patient", "wrong", 401},
 		{"/Patient", "tok-a", 200},

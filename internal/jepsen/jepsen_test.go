@@ -1,6 +1,7 @@
 package jepsen
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -303,35 +304,59 @@ func reportViolation(t *testing.T, model porcupine.Model, ops []porcupine.Operat
 	} else {
 		t.Errorf("the history is NOT linearizable (no visualization: %v)", err)
 	}
-	// The checker's partitions come in the order of model.Partition; a
-	// partition is at fault when no partial linearization covers it.
+	// The checker's partitions come in the order of model.Partition and
+	// number their operations by position in the partition; a partition
+	// is at fault when no partial linearization covers it.
 	parts := model.Partition(ops)
-	for i, part := range info.PartialLinearizationsOperations() {
-		if len(part) == 0 || i >= len(parts) {
-			continue
+	for i, lins := range info.PartialLinearizations() {
+		if i >= len(parts) {
+			break
 		}
-		longest := part[0]
-		for _, p := range part {
-			if len(p) > len(longest) {
-				longest = p
+		var longest []int
+		for _, l := range lins {
+			if len(l) > len(longest) {
+				longest = l
 			}
 		}
-		if len(longest) == len(parts[i]) {
+		part := parts[i]
+		if len(longest) == len(part) {
 			continue
 		}
-		t.Logf("resource %s: longest linearizable prefix %d of %d operations (last 30 shown); the next operation cannot be placed:",
-			parts[i][0].Input.(Input).ID, len(longest), len(parts[i]))
-		for _, op := range longest[max(0, len(longest)-30):] {
-			t.Logf("  [%d, %s] client %d %s", op.Call, retText(op.Return), op.ClientId, Describe(op.Input.(Input), op.Output.(Output)))
+		placed := make([]bool, len(part))
+		for _, id := range longest {
+			placed[id] = true
+		}
+		t.Logf("resource %s: %d of %d operations linearize; the last of them, in linearization order:",
+			part[0].Input.(Input).ID, len(longest), len(part))
+		for _, id := range longest[max(0, len(longest)-12):] {
+			t.Logf("  %s", opText(part[id]))
+		}
+		var rest []porcupine.Operation
+		for id, op := range part {
+			if !placed[id] {
+				rest = append(rest, op)
+			}
+		}
+		slices.SortFunc(rest, func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
+		t.Logf("  ... and the first operations (by invocation) that cannot be placed after them:")
+		for _, op := range rest[:min(len(rest), 8)] {
+			t.Logf("  %s", opText(op))
 		}
 	}
+}
+
+// opText renders an operation with its interval in milliseconds since the
+// start of the run.
+func opText(op porcupine.Operation) string {
+	return fmt.Sprintf("[%.3f, %s] client %d: %s", float64(op.Call)/1e6, retText(op.Return), op.ClientId,
+		Describe(op.Input.(Input), op.Output.(Output)))
 }
 
 func retText(r int64) string {
 	if r == math.MaxInt64 {
 		return "never"
 	}
-	return strconv.FormatInt(r, 10)
+	return strconv.FormatFloat(float64(r)/1e6, 'f', 3, 64)
 }
 
 func formatCounts(m map[string]int) string {
