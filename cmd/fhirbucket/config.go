@@ -52,6 +52,7 @@ var serveSettings = []setting{
 	{flag: "tenant-routing", env: "FHIRBUCKET_TENANT_ROUTING", def: "header", usage: "where the tenant comes from: header (X-Tenant-ID, default tenant \"default\"), path (/{tenant}/Patient/…) or both (URL wins)"},
 	{flag: "max-body-bytes", env: "FHIRBUCKET_MAX_BODY_BYTES", def: "8388608", usage: "largest request body in bytes; larger answers 413"},
 	{flag: "read-header-timeout", env: "FHIRBUCKET_READ_HEADER_TIMEOUT", def: "10s", usage: "time allowed to read request headers"},
+	{flag: "read-timeout", env: "FHIRBUCKET_READ_TIMEOUT", def: "2m", usage: "time allowed to read a whole request, body included; a slower client is cut off"},
 	{flag: "shutdown-timeout", env: "FHIRBUCKET_SHUTDOWN_TIMEOUT", def: "30s", usage: "on SIGINT/SIGTERM, how long in-flight requests may take to finish"},
 	{flag: "auth", env: "FHIRBUCKET_AUTH", def: "none", usage: "access control: none (every request allowed; for a server only its host can reach) or token (bearer tokens from --auth-token-file)"},
 	{flag: "auth-token-file", env: "FHIRBUCKET_AUTH_TOKEN_FILE", usage: "auth token: JSON file of SHA-256 token hashes with their tenant and scopes (see docs/guarantees.md)"},
@@ -114,11 +115,14 @@ func newFlagSet(name, summary string, out io.Writer, defs ...[]setting) (*flag.F
 			} else {
 				fmt.Fprintf(out, "  --%s, %s\n", s.flag, s.env)
 			}
-			def := s.def
-			if def == "" {
-				def = "none"
+			switch {
+			case strings.Contains(s.usage, "(default"):
+				fmt.Fprintf(out, "        %s\n", s.usage)
+			case s.def == "":
+				fmt.Fprintf(out, "        %s (default: none)\n", s.usage)
+			default:
+				fmt.Fprintf(out, "        %s (default: %s)\n", s.usage, s.def)
 			}
-			fmt.Fprintf(out, "        %s (default: %s)\n", s.usage, def)
 		}
 	}
 	return fs, v

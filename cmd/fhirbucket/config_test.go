@@ -43,6 +43,7 @@ func TestServeConfigErrors(t *testing.T) {
 		{"bad base path", []string{"--base-path", "/a/../b"}, mem, "--base-path"},
 		{"bad timeout", nil, append(mem, "FHIRBUCKET_SHUTDOWN_TIMEOUT=soon"), "FHIRBUCKET_SHUTDOWN_TIMEOUT"},
 		{"bad header timeout", nil, append(mem, "FHIRBUCKET_READ_HEADER_TIMEOUT=-1s"), "FHIRBUCKET_READ_HEADER_TIMEOUT"},
+		{"bad read timeout", nil, append(mem, "FHIRBUCKET_READ_TIMEOUT=0s"), "FHIRBUCKET_READ_TIMEOUT"},
 		{"bad addr", []string{"--addr", "127.0.0.1:99999"}, mem, "--addr"},
 		{"data dir with memory", nil, append(mem, "FHIRBUCKET_DATA_DIR="+dir), "FHIRBUCKET_DATA_DIR"},
 		{"S3 setting with file", nil, []string{"FHIRBUCKET_DATA_DIR=" + dir, "FHIRBUCKET_S3_BUCKET=b"}, "FHIRBUCKET_S3_BUCKET"},

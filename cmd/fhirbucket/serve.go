@@ -38,6 +38,10 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	readTimeout, err := v.duration("read-timeout")
+	if err != nil {
+		return err
+	}
 	shutdownTimeout, err := v.duration("shutdown-timeout")
 	if err != nil {
 		return err
@@ -69,6 +73,7 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: readHeader,
+		ReadTimeout:       readTimeout,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
