@@ -37,6 +37,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -47,6 +48,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"fhirbucket/storage"
 	"fhirbucket/storage/s3store"
@@ -284,7 +286,9 @@ func (s *Server) NewBucket(t testing.TB) (*s3store.Client, string) {
 		return client, s.fixedBucket
 	}
 	name := uniqueName("fhirbucket-test")
-	if err := s.createBucket(t.Context(), name); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.createBucket(ctx, name); err != nil {
 		t.Fatalf("s3test: creating bucket %s on %s: %v", name, s.Kind, err)
 	}
 	t.Cleanup(func() {
@@ -370,8 +374,21 @@ func (s *Server) createBucket(ctx context.Context, name string) error {
 	if s.admin == nil {
 		return errors.New("creating buckets is not supported on " + s.Kind)
 	}
-	_, err := s.admin.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
-	return err
+	// A MinIO that just answered /minio/health/ready may still refuse
+	// bucket operations for a moment with 503 XMinioServerNotInitialized;
+	// wait that out rather than failing every test of the binary.
+	for {
+		_, err := s.admin.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
+		var re *smithyhttp.ResponseError
+		if err == nil || !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusServiceUnavailable {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last answer: %v)", ctx.Err(), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func (s *Server) removeBucket(ctx context.Context, b *s3store.Bucket) error {
