@@ -492,7 +492,15 @@ func TestE2EMinIOBucket(t *testing.T) {
 
 	p := startServe(t, bin, t.TempDir(), env)
 	c := &client{base: p.base + "/acme", hc: &http.Client{Timeout: time.Minute}}
-	exs := loadExamples(t)
+	// Every fifth example: TestE2EMinIOPrefix and TestE2EFile drive all of
+	// them through the same code; this test is about bucket-per-tenant
+	// routing, isolation and fsck across buckets.
+	var exs []example
+	for i, ex := range loadExamples(t) {
+		if i%5 == 0 {
+			exs = append(exs, ex)
+		}
+	}
 	driveAll(t, c, exs)
 	beta := &client{base: p.base + "/beta", hc: c.hc}
 	if st, _, body, _ := beta.do("GET", "/Patient/e2e-0", nil); st != 404 {

@@ -210,6 +210,9 @@ func startMinIO(user, pass string) (*Server, error) {
 			return nil, p, err
 		}
 		srv, err := newServer("minio", endpoint, user, pass)
+		if srv != nil {
+			srv.private = true
+		}
 		return srv, p, err
 	})
 }
@@ -253,6 +256,9 @@ func startVersityGW() (*Server, error) {
 			return nil, p, err
 		}
 		srv, err := newServer("versitygw", endpoint, versityAccess, versitySecret)
+		if srv != nil {
+			srv.private = true
+		}
 		return srv, p, err
 	})
 }

@@ -28,7 +28,11 @@
 //		cmd.Env = append(os.Environ(), srv.Env(bucket)...) // for a spawned server
 //	}
 //
-// Everything a test creates is removed by t.Cleanup.
+// Everything a test creates on a server it did not start is removed by
+// t.Cleanup; on a server the harness started, buckets are left in place and
+// go away with the server's temporary data folder when the test binary
+// ends (emptying a bucket of many thousand keys one DELETE at a time would
+// cost more than the test that filled it).
 package s3test
 
 import (
@@ -66,6 +70,9 @@ type Server struct {
 	// Region is the signing region.
 	Region string
 
+	// private: the harness started this server for this test binary; its
+	// data folder is removed with it, so tests' buckets are not emptied.
+	private bool
 	// fixedBucket, when set, is the only bucket tests may use.
 	fixedBucket string
 	admin       *s3.Client
@@ -272,7 +279,8 @@ func (s *Server) Env(bucket string) []string {
 func (s *Server) CanCreateBuckets() bool { return s.fixedBucket == "" }
 
 // NewBucket creates an empty bucket with a unique name and returns a new
-// client and the bucket's name; t.Cleanup deletes its objects and the
+// client and the bucket's name; on a server the harness did not start,
+// t.Cleanup deletes its objects and the
 // bucket. With HFS_MINIO_TEST_BUCKET set (or on AWS), no bucket is created:
 // the fixed bucket is returned and may hold other tests' objects, so use
 // NewNamespace when emptiness matters.
@@ -292,7 +300,10 @@ func (s *Server) NewBucket(t testing.TB) (*s3store.Client, string) {
 		t.Fatalf("s3test: creating bucket %s on %s: %v", name, s.Kind, err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if s.private {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := s.removeBucket(ctx, client.Bucket(name)); err != nil {
 			t.Errorf("s3test: removing bucket %s: %v", name, err)
@@ -303,7 +314,8 @@ func (s *Server) NewBucket(t testing.TB) (*s3store.Client, string) {
 
 // NewNamespace returns a fresh, empty storage.Bucket: a unique key prefix
 // (storage.Prefixed) in a bucket shared by the tests of this process (or the
-// fixed bucket). t.Cleanup deletes every key under the prefix.
+// fixed bucket). On a server the harness did not start, t.Cleanup deletes
+// every key under the prefix.
 func (s *Server) NewNamespace(t testing.TB) storage.Bucket {
 	t.Helper()
 	bucket, err := s.sharedBucket()
@@ -317,7 +329,10 @@ func (s *Server) NewNamespace(t testing.TB) storage.Bucket {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if s.private {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := deleteAll(ctx, b); err != nil {
 			t.Errorf("s3test: removing prefix %s of bucket %s: %v", prefix, bucket, err)
@@ -409,7 +424,9 @@ func deleteAll(ctx context.Context, b storage.Bucket) error {
 	)
 	for a, err := range storage.Walk(ctx, b, storage.ListOptions{}) {
 		if err != nil {
+			mu.Lock()
 			errs = append(errs, err)
+			mu.Unlock()
 			break
 		}
 		sem <- struct{}{}
