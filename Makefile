@@ -27,5 +27,6 @@ lint:
 
 ## bench: the benchmark report (bench-report.md/.json) against a private
 ## MinIO; flags for other backends: go run ./cmd/fhirbucket bench --help.
-bench: tools
+bench:
+	bash scripts/install-tools.sh minio
 	go run ./cmd/fhirbucket bench $(BENCH_FLAGS)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,6 +156,54 @@ func TestSmallRunIsWellFormed(t *testing.T) {
 	if strings.Contains(md, "NaN") || strings.Contains(md, "Inf") {
 		t.Error("the Markdown report holds NaN or Inf")
 	}
+}
+
+// TestWireRequests checks that the run reports the driver's wire count
+// next to its own calls.
+func TestWireRequests(t *testing.T) {
+	cfg := smallConfig(t)
+	cfg.Concurrency, cfg.MaxOpsPerCell, cfg.HistorySizes = []int{1}, 5, []int{3}
+	var calls atomic.Int64
+	cfg.Bucket = &countingBucket{Bucket: cfg.Bucket, n: &calls}
+	cfg.WireRequests = func() int64 { return calls.Load() + 1000 } // as if 0 retries, offset start
+	rep, err := bench.Run(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.StoreCalls == 0 || rep.WireRequests != rep.StoreCalls {
+		t.Errorf("store calls %d, wire requests %d: want equal and non-zero", rep.StoreCalls, rep.WireRequests)
+	}
+}
+
+// countingBucket counts every call, standing in for a driver's wire count.
+type countingBucket struct {
+	storage.Bucket
+	n *atomic.Int64
+}
+
+func (c *countingBucket) Get(ctx context.Context, key string) (io.ReadCloser, storage.Attrs, error) {
+	c.n.Add(1)
+	return c.Bucket.Get(ctx, key)
+}
+
+func (c *countingBucket) Put(ctx context.Context, key string, body io.Reader, opts storage.PutOptions) (storage.Attrs, error) {
+	c.n.Add(1)
+	return c.Bucket.Put(ctx, key, body, opts)
+}
+
+func (c *countingBucket) Stat(ctx context.Context, key string) (storage.Attrs, error) {
+	c.n.Add(1)
+	return c.Bucket.Stat(ctx, key)
+}
+
+func (c *countingBucket) List(ctx context.Context, opts storage.ListOptions) (storage.ListPage, error) {
+	c.n.Add(1)
+	return c.Bucket.List(ctx, opts)
+}
+
+func (c *countingBucket) Delete(ctx context.Context, key string) error {
+	c.n.Add(1)
+	return c.Bucket.Delete(ctx, key)
 }
 
 // TestHistoryOnBackend builds small histories on the measured bucket and

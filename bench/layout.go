@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,20 +104,36 @@ func writeHistory(ctx context.Context, b storage.Bucket, tenant, typ, id string,
 			}
 		})
 	}
-	var last []byte
+	// Three passes, each in ascending key order (system events, type
+	// events, version objects by their decimal name): a store that keeps
+	// its keys sorted (memstore) then appends instead of inserting in the
+	// middle, and an S3 server sees the same requests in any order.
+	mod := func(v int) time.Time { return first.Add(time.Duration(v-1) * time.Millisecond) }
+	suffix := func(v int) string { return "_" + strconv.Itoa(v) + "_" + eventSuffix(tenant, typ, id, v) + ".json" }
 	for v := 1; v <= n && ctx.Err() == nil; v++ {
-		mod := first.Add(time.Duration(v-1) * time.Millisecond)
-		content, err := fhir.SetMeta(body, id, strconv.Itoa(v), mod)
+		put("history/system/"+padTS(mod(v).UnixMilli())+"_"+typ+"_"+id+suffix(v), event(typ, id, v, mod(v)))
+	}
+	for v := 1; v <= n && ctx.Err() == nil; v++ {
+		put("history/type/"+typ+"/"+padTS(mod(v).UnixMilli())+"_"+id+suffix(v), event(typ, id, v, mod(v)))
+	}
+	versions := make([]string, n)
+	for v := 1; v <= n; v++ {
+		versions[v-1] = strconv.Itoa(v)
+	}
+	slices.Sort(versions)
+	var last []byte
+	for _, vs := range versions {
+		if ctx.Err() != nil {
+			break
+		}
+		v, _ := strconv.Atoi(vs)
+		content, err := fhir.SetMeta(body, id, vs, mod(v))
 		if err != nil {
 			fail(err)
 			break
 		}
-		env := envelope(tenant, typ, id, v, content, first, mod)
-		ev := event(typ, id, v, mod)
-		suffix := "_" + strconv.Itoa(v) + "_" + eventSuffix(tenant, typ, id, v) + ".json"
-		put("resources/"+typ+"/"+id+"/_history/"+strconv.Itoa(v)+".json", env)
-		put("history/type/"+typ+"/"+padTS(mod.UnixMilli())+"_"+id+suffix, ev)
-		put("history/system/"+padTS(mod.UnixMilli())+"_"+typ+"_"+id+suffix, ev)
+		env := envelope(tenant, typ, id, v, content, first, mod(v))
+		put("resources/"+typ+"/"+id+"/_history/"+vs+".json", env)
 		if v == n {
 			last = env
 		}

@@ -28,6 +28,11 @@ type Report struct {
 	Requests []RequestRow `json:"requests"`
 	// Latency compares FHIR latency with the raw requests it is made of.
 	Latency []LatencyRow `json:"latency"`
+	// StoreCalls and WireRequests are the object-store calls the run made
+	// on the measured backend and the requests its driver sent on the
+	// wire (retries included); both 0 when the driver does not count.
+	StoreCalls   int64 `json:"store_calls,omitempty"`
+	WireRequests int64 `json:"wire_requests,omitempty"`
 	// Notes explain how to read the numbers of this run.
 	Notes []string `json:"notes"`
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		examples = fs.String("examples", bench.DefaultExamplesDir, "folder of FHIR JSON examples used as request bodies")
 		out      = fs.String("out", "bench-report", "report path without extension: writes OUT.md and OUT.json")
 		keep     = fs.Bool("keep", false, "keep the objects the run wrote (s3)")
+		cpuProf  = fs.String("cpuprofile", "", "write a CPU profile of the whole run (server and load generator) to this file")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -126,6 +128,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		// The server and its data folder go away at the end: no cleanup.
 		cfg.Bucket = client.Bucket(name)
+		cfg.WireRequests = func() int64 { return client.Requests().Total() }
 		cfg.Backend = bench.Backend{Kind: "minio", Version: version, Endpoint: srv.Endpoint, Bucket: name}
 	case "s3":
 		if *bucket == "" {
@@ -139,6 +142,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		cfg.Bucket, cfg.Cleanup = client.Bucket(*bucket), !*keep
+		cfg.WireRequests = func() int64 { return client.Requests().Total() }
 		cfg.Backend = bench.Backend{Kind: "s3", Version: serverHeader(ctx, *endpoint), Endpoint: *endpoint, Bucket: *bucket}
 		if *endpoint == "" {
 			cfg.Backend.Endpoint = "AWS S3"
@@ -147,6 +151,17 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("--backend %q: want minio, s3, memory or file", *backend)
 	}
 
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
 		return err
