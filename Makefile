@@ -5,13 +5,20 @@
 TOOLS_BIN := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: test tools lint bench
+.PHONY: test tools lint fuzz bench
 
 ## test: the full suite with the race detector, including the S3 tests
-## against MinIO and versitygw (installed into .tools/bin if missing).
+## against MinIO and versitygw (installed into .tools/bin if missing) and
+## the fhir-kit-client test (node and npm), then every fuzz target for a
+## few seconds.
 test: tools
-	RUN_MINIO_S3_TESTS=1 RUN_VERSITYGW_S3_TESTS=1 PATH="$(TOOLS_BIN):$$PATH" \
+	RUN_MINIO_S3_TESTS=1 RUN_VERSITYGW_S3_TESTS=1 RUN_FHIRKIT_TESTS=1 PATH="$(TOOLS_BIN):$$PATH" \
 		go test -race -count=1 -timeout 20m ./...
+	bash scripts/fuzz.sh
+
+## fuzz: every go test -fuzz target for FUZZTIME (default 4s) each.
+fuzz:
+	bash scripts/fuzz.sh
 
 ## tools: install the pinned MinIO and versitygw binaries.
 tools:
