@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"fhirbucket/bench"
-	"fhirbucket/internal/s3test"
+	"fhirbucket/internal/s3server"
 	"fhirbucket/storage/filestore"
 	"fhirbucket/storage/memstore"
 	"fhirbucket/storage/s3store"
@@ -112,12 +112,12 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		cfg.Bucket, cfg.Backend = fb, bench.Backend{Kind: "file", Endpoint: dir}
 	case "minio":
-		srv, stop, err := s3test.StartMinIO()
+		srv, stop, err := s3server.StartMinIO(ctx, os.Getenv("MINIO_ROOT_USER"), os.Getenv("MINIO_ROOT_PASSWORD"))
 		if err != nil {
 			return fmt.Errorf("starting MinIO (install it with `make tools`, or use --backend memory): %w", err)
 		}
 		defer stop()
-		version, _ := s3test.ToolVersion("minio")
+		version, _ := s3server.ToolVersion("minio")
 		const name = "fhirbucket-bench"
 		if err := srv.CreateBucket(ctx, name); err != nil {
 			return fmt.Errorf("creating bucket %s on MinIO: %w", name, err)

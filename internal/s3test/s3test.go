@@ -1,6 +1,9 @@
 // Package s3test gives tests a real S3-compatible server: MinIO, versitygw,
 // or (when credentials are given) AWS S3. It is test-only code: it creates
-// and removes buckets, which production code never does.
+// and removes buckets, which production code never does. Finding, starting
+// and stopping the servers lives in internal/s3server, which production
+// code (`fhirbucket bench`) uses without linking the testing package; this
+// package adds what needs a testing.TB.
 //
 // Each server kind is gated by an environment variable, so a plain
 // `go test ./...` needs nothing installed; `make test` sets all of them:
@@ -41,7 +44,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -50,32 +52,22 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	smithyhttp "github.com/aws/smithy-go/transport/http"
 
+	"fhirbucket/internal/s3server"
 	"fhirbucket/storage"
 	"fhirbucket/storage/s3store"
 )
 
-// Server is a reachable S3-compatible endpoint with root credentials.
+// Server is a reachable S3-compatible endpoint with root credentials. The
+// embedded s3server.Server holds the description (Kind, Endpoint,
+// AccessKey, SecretKey, Region) and the administration (Config, Env,
+// CreateBucket); Server adds what needs a testing.TB.
 type Server struct {
-	// Kind is "minio", "versitygw" or "aws".
-	Kind string
-	// Endpoint is the base URL ("http://127.0.0.1:PORT"); "" for AWS.
-	Endpoint string
-	// AccessKey and SecretKey are the credentials (empty for AWS, which
-	// uses the standard chain).
-	AccessKey, SecretKey string
-	// Region is the signing region.
-	Region string
+	*s3server.Server
 
-	// private: the harness started this server for this test binary; its
-	// data folder is removed with it, so tests' buckets are not emptied.
-	private bool
 	// fixedBucket, when set, is the only bucket tests may use.
 	fixedBucket string
-	admin       *s3.Client
 
 	sharedOnce sync.Once
 	shared     string
@@ -157,7 +149,7 @@ func MinIO(t testing.TB) *Server {
 	var err error
 	if ep := os.Getenv("FHIRBUCKET_TEST_MINIO_ENDPOINT"); ep != "" {
 		srv, err = getLazy("minio", func() (*Server, error) {
-			return newServer("minio", strings.TrimSuffix(ep, "/"), user, pass)
+			return wrap(s3server.New("minio", strings.TrimSuffix(ep, "/"), user, pass)), nil
 		})
 	} else {
 		requireMain(t)
@@ -195,7 +187,7 @@ func AWS(t testing.TB) *Server {
 	if bucket == "" {
 		t.Skip("AWS S3 tests need FHIRBUCKET_TEST_AWS_BUCKET (an existing bucket) besides RUN_AWS_S3_TESTS=1")
 	}
-	return &Server{Kind: "aws", Region: os.Getenv("AWS_REGION"), fixedBucket: bucket}
+	return &Server{Server: &s3server.Server{Kind: "aws", Region: os.Getenv("AWS_REGION")}, fixedBucket: bucket}
 }
 
 func envOr(k, def string) string {
@@ -205,38 +197,34 @@ func envOr(k, def string) string {
 	return def
 }
 
-// newServer builds the Server for an endpoint and waits until it answers
-// S3 requests.
-func newServer(kind, endpoint, access, secret string) (*Server, error) {
-	s := &Server{Kind: kind, Endpoint: endpoint, AccessKey: access, SecretKey: secret, Region: s3store.DefaultEndpointRegion}
-	if kind == "minio" {
+// wrap adds the test state to a server description. HFS_MINIO_TEST_BUCKET
+// names the one bucket MinIO tests may use.
+func wrap(srv *s3server.Server) *Server {
+	s := &Server{Server: srv}
+	if srv.Kind == "minio" {
 		s.fixedBucket = os.Getenv("HFS_MINIO_TEST_BUCKET")
 	}
-	s.admin = s3.New(s3.Options{
-		Region:       s.Region,
-		BaseEndpoint: aws.String(endpoint),
-		UsePathStyle: true,
-		Credentials:  credentials.NewStaticCredentialsProvider(access, secret, ""),
-		// Only what an API requires (versitygw and older MinIO differ on
-		// the SDK's default trailing checksums).
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
-		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-	})
-	return s, nil
+	return s
 }
 
-// Config is the s3store configuration that reaches the server with its
-// root credentials.
-func (s *Server) Config() s3store.Config {
-	if s.Kind == "aws" {
-		return s3store.Config{Region: s.Region}
+// startMinIO starts the process-wide MinIO, stopped by Main.
+func startMinIO(user, pass string) (*Server, error) {
+	srv, stop, err := s3server.StartMinIO(context.Background(), user, pass)
+	if err != nil {
+		return nil, err
 	}
-	return s3store.Config{
-		Region:      s.Region,
-		EndpointURL: s.Endpoint,
-		AllowHTTP:   strings.HasPrefix(s.Endpoint, "http://"),
-		Credentials: credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+	onStop(stop)
+	return wrap(srv), nil
+}
+
+// startVersityGW starts the process-wide versitygw, stopped by Main.
+func startVersityGW() (*Server, error) {
+	srv, stop, err := s3server.StartVersityGW(context.Background())
+	if err != nil {
+		return nil, err
 	}
+	onStop(stop)
+	return wrap(srv), nil
 }
 
 // NewClient returns a fresh s3store.Client (with its own request counters)
@@ -248,29 +236,6 @@ func (s *Server) NewClient(t testing.TB) *s3store.Client {
 		t.Fatalf("s3test: s3store.New: %v", err)
 	}
 	return c
-}
-
-// Env returns the environment (KEY=value) that points a spawned fhirbucket
-// process at the server and bucket: AWS_ACCESS_KEY_ID,
-// AWS_SECRET_ACCESS_KEY, AWS_REGION, FHIRBUCKET_S3_ENDPOINT_URL,
-// FHIRBUCKET_S3_ALLOW_HTTP and, unless bucket is "", FHIRBUCKET_S3_BUCKET.
-func (s *Server) Env(bucket string) []string {
-	var env []string
-	if bucket != "" {
-		env = append(env, "FHIRBUCKET_S3_BUCKET="+bucket)
-	}
-	if s.Region != "" {
-		env = append(env, "AWS_REGION="+s.Region)
-	}
-	if s.Kind == "aws" {
-		return env
-	}
-	return append(env,
-		"AWS_ACCESS_KEY_ID="+s.AccessKey,
-		"AWS_SECRET_ACCESS_KEY="+s.SecretKey,
-		"FHIRBUCKET_S3_ENDPOINT_URL="+s.Endpoint,
-		fmt.Sprintf("FHIRBUCKET_S3_ALLOW_HTTP=%t", strings.HasPrefix(s.Endpoint, "http://")),
-	)
 }
 
 // CanCreateBuckets reports whether NewBucket creates a new, empty bucket
@@ -296,11 +261,11 @@ func (s *Server) NewBucket(t testing.TB) (*s3store.Client, string) {
 	name := uniqueName("fhirbucket-test")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := s.createBucket(ctx, name); err != nil {
+	if err := s.CreateBucket(ctx, name); err != nil {
 		t.Fatalf("s3test: creating bucket %s on %s: %v", name, s.Kind, err)
 	}
 	t.Cleanup(func() {
-		if s.private {
+		if s.Private() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -329,7 +294,7 @@ func (s *Server) NewNamespace(t testing.TB) storage.Bucket {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if s.private {
+		if s.Private() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -351,7 +316,7 @@ func (s *Server) sharedBucket() (string, error) {
 		name := uniqueName("fhirbucket-shared")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := s.createBucket(ctx, name); err != nil {
+		if err := s.CreateBucket(ctx, name); err != nil {
 			s.sharedErr = err
 			return
 		}
@@ -371,46 +336,25 @@ func (s *Server) sharedBucket() (string, error) {
 // not exist yet. It is never removed: it belongs to whoever named it. On
 // AWS the bucket must already exist.
 func (s *Server) ensureFixed() error {
-	if s.admin == nil {
+	if s.Admin() == nil {
 		return nil
 	}
 	s.fixedOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, err := s.admin.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(s.fixedBucket)}); err == nil {
+		if _, err := s.Admin().HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(s.fixedBucket)}); err == nil {
 			return
 		}
-		s.fixedErr = s.createBucket(ctx, s.fixedBucket)
+		s.fixedErr = s.CreateBucket(ctx, s.fixedBucket)
 	})
 	return s.fixedErr
-}
-
-func (s *Server) createBucket(ctx context.Context, name string) error {
-	if s.admin == nil {
-		return errors.New("creating buckets is not supported on " + s.Kind)
-	}
-	// A MinIO that just answered /minio/health/ready may still refuse
-	// bucket operations for a moment with 503 XMinioServerNotInitialized;
-	// wait that out rather than failing every test of the binary.
-	for {
-		_, err := s.admin.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
-		var re *smithyhttp.ResponseError
-		if err == nil || !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusServiceUnavailable {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last answer: %v)", ctx.Err(), err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 func (s *Server) removeBucket(ctx context.Context, b *s3store.Bucket) error {
 	if err := deleteAll(ctx, b); err != nil {
 		return err
 	}
-	_, err := s.admin.DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(b.Name())})
+	_, err := s.Admin().DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(b.Name())})
 	return err
 }
 

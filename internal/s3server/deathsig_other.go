@@ -1,9 +1,10 @@
 //go:build !linux
 
-package s3test
+package s3server
 
 import "os/exec"
 
 // setDeathSignal is a no-op where the kernel offers no parent-death signal;
-// Main still stops the servers on a normal exit.
+// the stop function returned by StartMinIO / StartVersityGW still ends the
+// server on a normal exit.
 func setDeathSignal(*exec.Cmd) {}

@@ -1,4 +1,4 @@
-package s3test
+package s3server
 
 import (
 	"bytes"
@@ -18,6 +18,20 @@ import (
 // startTimeout bounds how long a freshly started server may take to answer.
 const startTimeout = 60 * time.Second
 
+// DefaultMinIOUser and DefaultMinIOPassword are MinIO's own default root
+// credentials, used by StartMinIO when given none.
+const (
+	DefaultMinIOUser     = "minioadmin"
+	DefaultMinIOPassword = "minioadmin"
+)
+
+// versitygw root credentials; the server lives only as long as the process
+// that started it.
+const (
+	versityAccess = "fhirbucket-test"
+	versitySecret = "fhirbucket-test-secret"
+)
+
 // findBinary looks for name in $PATH, then in <repo root>/.tools/bin, where
 // `make tools` installs the pinned versions.
 func findBinary(name string) (string, error) {
@@ -35,7 +49,8 @@ func findBinary(name string) (string, error) {
 }
 
 // repoRoot walks up from the working directory (a package folder under go
-// test) to the folder holding go.mod.
+// test, anywhere in the checkout for `fhirbucket bench`) to the folder
+// holding go.mod.
 func repoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
@@ -98,6 +113,9 @@ func (b *syncBuffer) tail(n int) string {
 	return s
 }
 
+// startProcess runs bin without a context: the server must outlive the
+// request that started it (a shared test server, a benchmark run) and is
+// ended by stop alone.
 func startProcess(bin string, args, env []string) (*process, error) {
 	p := &process{log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
@@ -132,14 +150,17 @@ func (p *process) stop() {
 }
 
 // waitHTTP polls url until it answers with a status accepted by ok, the
-// process exits, or startTimeout passes.
-func (p *process) waitHTTP(url string, ok func(status int) bool) error {
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+// process exits, ctx ends or startTimeout passes.
+func (p *process) waitHTTP(ctx context.Context, url string, ok func(status int) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	client := &http.Client{Timeout: 2 * time.Second}
 	last := ""
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
 		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
@@ -154,91 +175,91 @@ func (p *process) waitHTTP(url string, ok func(status int) bool) error {
 		case <-p.done:
 			return fmt.Errorf("server exited before it was ready (%v); its output:\n%s", p.err, p.log.tail(4000))
 		case <-ctx.Done():
-			return fmt.Errorf("server not ready after %s at %s (last answer: %s); its output:\n%s", startTimeout, url, last, p.log.tail(4000))
+			return fmt.Errorf("server not ready at %s (%w; last answer: %s); its output:\n%s", url, ctx.Err(), last, p.log.tail(4000))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-// startWithRetry starts a server on a fresh port, trying again when the
-// port was taken between choosing and binding it.
-func startWithRetry(kind string, start func() (*Server, *process, error)) (*Server, error) {
-	var err error
+// start runs a server with its data in a fresh temporary folder on a fresh
+// port, trying again when the port was taken between choosing and binding
+// it. launch starts the process on addr and waits until it is ready.
+func start(ctx context.Context, kind string, launch func(ctx context.Context, bin, dir, addr string) (*Server, *process, error)) (*Server, func(), error) {
+	bin, err := findBinary(kind)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir, err := os.MkdirTemp("", "fhirbucket-"+kind+"-")
+	if err != nil {
+		return nil, nil, err
+	}
 	for range 3 {
-		var srv *Server
-		var p *process
-		srv, p, err = start()
+		var port int
+		if port, err = freePort(); err != nil {
+			break
+		}
+		var (
+			srv *Server
+			p   *process
+		)
+		srv, p, err = launch(ctx, bin, dir, "127.0.0.1:"+strconv.Itoa(port))
 		if err == nil {
-			onStop(p.stop)
-			return srv, nil
+			srv.private, srv.dataDir = true, dir
+			var once sync.Once
+			return srv, func() {
+				once.Do(func() {
+					p.stop()
+					os.RemoveAll(dir)
+				})
+			}, nil
 		}
 		if p != nil {
 			p.stop()
 		}
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	return nil, fmt.Errorf("starting %s: %w", kind, err)
+	os.RemoveAll(dir)
+	return nil, nil, fmt.Errorf("starting %s: %w", kind, err)
 }
 
-func startMinIO(user, pass string) (*Server, error) {
-	bin, err := findBinary("minio")
-	if err != nil {
-		return nil, err
+// StartMinIO starts a private MinIO server: the binary from $PATH or
+// <repo>/.tools/bin, a fresh temporary data folder, 127.0.0.1 only, root
+// credentials user and password ("" means DefaultMinIOUser /
+// DefaultMinIOPassword). It returns once the server is ready, or fails
+// after a minute or when ctx ends. stop ends the server and removes its
+// data folder; it may be called more than once.
+func StartMinIO(ctx context.Context, user, password string) (srv *Server, stop func(), err error) {
+	if user == "" {
+		user = DefaultMinIOUser
 	}
-	dir, err := os.MkdirTemp("", "fhirbucket-minio-")
-	if err != nil {
-		return nil, err
+	if password == "" {
+		password = DefaultMinIOPassword
 	}
-	onStop(func() { os.RemoveAll(dir) })
-	return startWithRetry("minio", func() (*Server, *process, error) {
-		port, err := freePort()
-		if err != nil {
-			return nil, nil, err
-		}
+	return start(ctx, "minio", func(ctx context.Context, bin, dir, addr string) (*Server, *process, error) {
 		console, err := freePort()
 		if err != nil {
 			return nil, nil, err
 		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
 		p, err := startProcess(bin,
 			[]string{"server", "--quiet", "--address", addr, "--console-address", "127.0.0.1:" + strconv.Itoa(console), dir},
-			[]string{"MINIO_ROOT_USER=" + user, "MINIO_ROOT_PASSWORD=" + pass, "MINIO_BROWSER=off", "MINIO_UPDATE=off"})
+			[]string{"MINIO_ROOT_USER=" + user, "MINIO_ROOT_PASSWORD=" + password, "MINIO_BROWSER=off", "MINIO_UPDATE=off"})
 		if err != nil {
 			return nil, nil, err
 		}
 		endpoint := "http://" + addr
-		if err := p.waitHTTP(endpoint+"/minio/health/ready", func(s int) bool { return s == http.StatusOK }); err != nil {
+		if err := p.waitHTTP(ctx, endpoint+"/minio/health/ready", func(s int) bool { return s == http.StatusOK }); err != nil {
 			return nil, p, err
 		}
-		srv, err := newServer("minio", endpoint, user, pass)
-		if srv != nil {
-			srv.private = true
-		}
-		return srv, p, err
+		return New("minio", endpoint, user, password), p, nil
 	})
 }
 
-// versitygw root credentials; the server lives only for the test binary.
-const (
-	versityAccess = "fhirbucket-test"
-	versitySecret = "fhirbucket-test-secret"
-)
-
-func startVersityGW() (*Server, error) {
-	bin, err := findBinary("versitygw")
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "fhirbucket-versitygw-")
-	if err != nil {
-		return nil, err
-	}
-	onStop(func() { os.RemoveAll(dir) })
-	return startWithRetry("versitygw", func() (*Server, *process, error) {
-		port, err := freePort()
-		if err != nil {
-			return nil, nil, err
-		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
+// StartVersityGW starts a private versitygw server with its posix backend
+// in a fresh temporary folder, on 127.0.0.1 only, like StartMinIO.
+func StartVersityGW(ctx context.Context) (srv *Server, stop func(), err error) {
+	return start(ctx, "versitygw", func(ctx context.Context, bin, dir, addr string) (*Server, *process, error) {
 		// --keep-alive: versitygw closes connections after each request by
 		// default, which would make it look far slower than it is.
 		// The posix backend keeps object metadata in extended attributes
@@ -252,13 +273,9 @@ func startVersityGW() (*Server, error) {
 		endpoint := "http://" + addr
 		// Any HTTP answer (an anonymous request is refused) means the
 		// listener is up.
-		if err := p.waitHTTP(endpoint+"/", func(int) bool { return true }); err != nil {
+		if err := p.waitHTTP(ctx, endpoint+"/", func(int) bool { return true }); err != nil {
 			return nil, p, err
 		}
-		srv, err := newServer("versitygw", endpoint, versityAccess, versitySecret)
-		if srv != nil {
-			srv.private = true
-		}
-		return srv, p, err
+		return New("versitygw", endpoint, versityAccess, versitySecret), p, nil
 	})
 }
