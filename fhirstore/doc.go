@@ -67,12 +67,6 @@
 //     ErrPreconditionFailed, since N is no longer current. Rolling forward
 //     before answering 412 matters: a client that re-reads after a 412
 //     must see the new version, or a crashed claim would make it loop.
-//   - A claim landed but its answer was lost, and the driver's retry
-//     failed its own If-None-Match (storage/s3store's package doc): the
-//     writer meets its own claim as a lost race. The roll-forward finds the
-//     version object byte-identical to the envelope the writer built, and
-//     the writer acknowledges N+1 as its own instead of writing itself a
-//     second time as N+2 (or answering 412, or a create drawing another id).
 //   - A writer crashed after its claim (current.json still at N, N+1
 //     claimed). The next writer of the resource meets the claim as above
 //     and rolls it forward; Verify with repair does the same. Reads in the

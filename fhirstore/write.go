@@ -102,29 +102,17 @@ func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *curr
 			}
 			return next, nil
 		case errors.Is(err, storage.ErrPreconditionFailed):
+			if creating {
+				return nil, errIDTaken
+			}
 			// Someone holds version N+1: a live writer between its steps,
 			// or one that crashed after its claim. Roll it forward either
 			// way (the same bytes a live writer would write; see the
 			// package doc), so that a crashed claim never blocks the
 			// resource and a conditional client re-reading sees the new
 			// version.
-			//
-			// That someone may be this very write: a claim whose first
-			// attempt landed but whose answer was lost is retried by the
-			// driver, and the retry fails its own If-None-Match (see
-			// storage/s3store). The version object then holds exactly
-			// data, and the write has succeeded; answering a lost race
-			// instead would store the write a second time as N+2 (or
-			// answer 412 for an update that happened).
-			mine, err := s.rollForward(ctx, sc, typ, id, cur, data)
-			if err != nil {
+			if err := s.rollForward(ctx, sc, typ, id, cur); err != nil {
 				return nil, err
-			}
-			if mine {
-				return next, nil
-			}
-			if creating {
-				return nil, errIDTaken
 			}
 			if opts.IfMatch != nil {
 				return nil, preconditionError(typ, id, opts.IfMatch, nil)
@@ -253,33 +241,24 @@ func (s *Store) movePointer(ctx context.Context, sc scope, typ, id string, cur *
 // ETag of N) and writes its events. It is a no-op when N+1 does not exist.
 // The bytes are the claimant's own, so whether the claimant is alive or
 // crashed, current.json ends up exactly as the claimant would have left it.
-//
-// mine reports that the version object is byte for byte own, the
-// envelope the caller tried to claim: its own claim landed after all.
-// (Two writers that build identical bytes, the same content for the same
-// version in the same millisecond, cannot be told apart; both are then
-// answered with that one version.)
-func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current, own []byte) (mine bool, err error) {
+func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current) error {
 	v := cur.version() + 1
 	data, _, err := storage.ReadAll(ctx, sc.b, versionKey(typ, id, v))
 	if errors.Is(err, storage.ErrNotExist) {
-		return false, nil
+		return nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("fhirstore: rolling forward %s/%s version %d: %w", typ, id, v, err)
+		return fmt.Errorf("fhirstore: rolling forward %s/%s version %d: %w", typ, id, v, err)
 	}
 	res, err := decodeEnvelope(data, sc.tenant, typ, id, v)
 	if err != nil {
-		return false, fmt.Errorf("fhirstore: rolling forward %s: %w", versionKey(typ, id, v), err)
+		return fmt.Errorf("fhirstore: rolling forward %s: %w", versionKey(typ, id, v), err)
 	}
 	if err := s.finish(ctx, sc, typ, id, cur, res, data); err != nil {
-		return false, err
+		return err
 	}
-	mine = own != nil && bytes.Equal(data, own)
-	if !mine {
-		s.notifyRollForward()
-	}
-	return mine, nil
+	s.notifyRollForward()
+	return nil
 }
 
 // newID draws a server-assigned id: 32 lowercase hex digits (128 random bits).

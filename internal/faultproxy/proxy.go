@@ -76,6 +76,11 @@ type Rates struct {
 	Methods []string
 }
 
+// ForwardTimeout bounds the forwarding of one request: a request the
+// server has not answered by then is abandoned (answered 502), so nothing
+// the proxy forwards lands later than this after it arrived.
+const ForwardTimeout = 5 * time.Second
+
 // Proxy is a running fault-injecting reverse proxy on 127.0.0.1.
 type Proxy struct {
 	target string // "http://host:port" of the server
@@ -255,7 +260,7 @@ func (p *Proxy) forward(r *http.Request) (*http.Response, []byte, error) {
 	// The forwarded request must not die with the client's connection:
 	// a write the client gave up on may still land, as it would on a real
 	// network, and DropResponse needs the server's answer.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), ForwardTimeout)
 	defer cancel()
 	out, err := http.NewRequestWithContext(ctx, r.Method, p.target+r.URL.RequestURI(), bytes.NewReader(reqBody))
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -19,7 +18,18 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"fhirbucket/internal/faultproxy"
 )
+
+// UnknownWindow is how long after a client gave up on a write the
+// write's own storage requests may still land. A server stops working on
+// a request when its client disconnects (the request's context ends) or
+// when it is killed; what it has already sent is answered by MinIO in
+// milliseconds, and the fault proxy gives up forwarding after
+// faultproxy.ForwardTimeout. The window is a generous multiple of that:
+// too short would fail a correct run, never pass a wrong one.
+const UnknownWindow = 3 * faultproxy.ForwardTimeout
 
 // recorder collects the history. Times are nanoseconds since the start of
 // the run on the monotonic clock, so they order the operations of all
@@ -57,9 +67,9 @@ func (r *recorder) add(client int, call, ret int64, in Input, out Output) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if out.Unknown {
-		// The operation may take effect at any later time: it never
-		// returned as far as the checker is concerned.
-		ret = math.MaxInt64
+		// The operation may still take effect for a while: see the
+		// package doc and UnknownWindow.
+		ret += int64(UnknownWindow)
 		r.unknown[in.Kind]++
 	}
 	r.ops = append(r.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret})
@@ -339,7 +349,7 @@ func (c *client) write(call, ret int64, in Input, out Output) {
 	case out.Unknown:
 		c.rec.add(c.n+c.nClients, call, ret, Input{ID: in.ID, Kind: KindComplete, Write: in.Write}, Output{Unknown: true})
 	case out.Version > 0:
-		c.rec.add(c.n+c.nClients, call, ret, Input{ID: in.ID, Kind: KindComplete, Write: in.Write}, Output{Status: http.StatusOK})
+		c.rec.add(c.n+c.nClients, call, ret, Input{ID: in.ID, Kind: KindComplete, Write: in.Write, Version: out.Version}, Output{Status: http.StatusOK})
 		c.rec.mu.Lock()
 		c.rec.acked = append(c.rec.acked, ackedWrite{id: in.ID, write: in.Write, marker: in.Marker, version: out.Version, deleted: in.Kind == KindDelete})
 		c.rec.mu.Unlock()

@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,15 +181,30 @@ func findBinary(name string) (string, error) {
 	return "", fmt.Errorf("%s not found in $PATH or .tools/bin; run `make tools`", name)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// freePort returns a TCP port on 127.0.0.1 that is free now. Servers are
+// restarted on their port, so it is drawn below the kernel's ephemeral
+// range: an outgoing connection can never hold it while its server is
+// down.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(data)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 12000 {
+				low = v
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 200 {
+		port := 10000 + mrand.IntN(low-10000)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // baseEnv is the test's environment without the settings of fhirbucket
@@ -304,7 +319,8 @@ func storeEnv(endpoint string) []string {
 func buildFhirbucket(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "fhirbucket")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "fhirbucket/cmd/fhirbucket")
+	// go test puts its own GOROOT/bin first in $PATH.
+	cmd := exec.Command("go", "build", "-o", bin, "fhirbucket/cmd/fhirbucket")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/fhirbucket: %v\n%s", err, out)
 	}

@@ -84,6 +84,9 @@ func config() runConfig {
 // against Model, and after `fsck --repair` the store must be clean and
 // hold every acknowledged write exactly once.
 func TestLinearizableUnderFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the cluster test is skipped with -short")
+	}
 	cfg := config()
 	t.Logf("seed %d (set FHIRBUCKET_TEST_JEPSEN_SEED to repeat the workload's choices)", cfg.seed)
 	ctx := t.Context()
@@ -232,6 +235,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	if err != nil || code != 0 {
 		t.Fatalf("fsck --repair: exit %d, %v:\n%s", code, err, out)
 	}
+	repairEnd := time.Now()
 	repaired := strings.Count(out, "REPAIRED")
 	t.Logf("fsck --repair: %d repairs; %s", repaired, lastLine(out))
 	code, out, err = fsck(ctx, bin, m.endpoint)
@@ -244,6 +248,9 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	// the history: it must be consistent with every operation before it.
 	final := map[string][]Entry{}
 	hc := &http.Client{Timeout: 30 * time.Second}
+	for _, id := range ids {
+		rec.add(2*cfg.clients, fsckStart.Sub(rec.t0).Nanoseconds(), repairEnd.Sub(rec.t0).Nanoseconds(), Input{ID: id, Kind: KindRepair}, Output{Status: 200})
+	}
 	for _, id := range ids {
 		call := rec.now()
 		es, status, err := finalHistory(ctx, hc, replicas[0].base, id)

@@ -13,10 +13,30 @@
 // operations over the same time interval, a claim (KindPut or KindDelete)
 // and a completion (KindComplete), so that the checker may place them at
 // different points: that is exactly the freedom fhirstore's documentation
-// gives a write, and no more. A write whose outcome the client could not
-// learn (an error, a timeout, a killed server) has both halves recorded
-// with an unknown outcome and no return time: each may have happened at
-// any later point, or never.
+// gives a write, and no more. A claimed version can also be completed by
+// another writer that meets it (roll-forward): the model lets every write
+// that may have met a claim complete it first, as fhirstore does, and
+// KindRepair stands for `fhirbucket fsck --repair`.
+//
+// A write whose outcome the client could not learn (an error, a timeout, a
+// killed server) is recorded with an unknown outcome: each half may have
+// happened or not. Its own requests to the storage can still land after
+// the client gave up, but not indefinitely: the server stops working on a
+// request when the client goes away or the server dies, and what it had
+// already sent lands within the storage's answer time. The test gives such
+// an operation a return time that much later (UnknownWindow) instead of
+// never, which keeps the checker's search small; a later effect of the
+// write can only come from a roll-forward, which the model attributes to
+// the write or repair that performs it.
+//
+// Running it: the cluster test needs RUN_MINIO_S3_TESTS=1 and the minio
+// binary (as `make test` provides) and takes about a minute.
+// FHIRBUCKET_TEST_JEPSEN_LONG=1 runs five minutes with more clients and
+// faults; FHIRBUCKET_TEST_JEPSEN_SEED repeats a run's random choices (not
+// its timing); FHIRBUCKET_TEST_JEPSEN_CHECK_TIMEOUT bounds the checker.
+// When the history is not linearizable the test writes porcupine's
+// visualization to a temporary HTML file and prints its path and the
+// operations that cannot be placed.
 package jepsen
 
 import (
@@ -42,11 +62,15 @@ const (
 	KindPut
 	// KindDelete is the claim half of DELETE /{type}/{id}.
 	KindDelete
-	// KindComplete is the current-pointer half of the write numbered Write.
+	// KindComplete is the current-pointer half of the write numbered
+	// Write (Version: the version it was acknowledged with, 0 if unknown).
 	KindComplete
+	// KindRepair is `fhirbucket fsck --repair`: it rolls a claimed
+	// version forward.
+	KindRepair
 )
 
-var kindNames = []string{"read", "vread", "history", "put", "delete", "complete"}
+var kindNames = []string{"read", "vread", "history", "put", "delete", "complete", "repair"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -62,7 +86,7 @@ type Input struct {
 	Write   int    // KindPut, KindDelete, KindComplete: the write's number, unique in the history
 	Marker  string // KindPut: the content marker the new version carries
 	IfMatch int    // KindPut: 0 = unconditional, else the version named by If-Match
-	Version int    // KindVRead: the version asked for
+	Version int    // KindVRead: the version asked for; KindComplete: the version acknowledged
 	Count   int    // KindHistory: the page size asked for
 }
 
@@ -105,6 +129,30 @@ type State struct {
 }
 
 func (s State) top() version { return s.log[s.cur-1] }
+
+// pending reports a claimed version beyond current.
+func (s State) pending() bool { return len(s.log) > s.cur }
+
+// rolled is s with the claimed version made current (roll-forward).
+func (s State) rolled() State { return State{cur: len(s.log), log: s.log} }
+
+// before are the states a write may start from: s, and s rolled forward
+// when the write may have met a claim and completed it.
+func (s State) before() []State {
+	if s.pending() {
+		return []State{s, s.rolled()}
+	}
+	return []State{s}
+}
+
+// settled is the state a write that claims starts from: it can only have
+// claimed after completing the claim it met.
+func (s State) settled() State {
+	if s.pending() {
+		return s.rolled()
+	}
+	return s
+}
 
 // claim returns s with a version claimed by write w (s is not modified).
 func (s State) claim(w int, marker string, deleted bool) State {
@@ -179,53 +227,80 @@ func step(s State, in Input, out Output) []State {
 	case KindPut:
 		// The claim of N+1 needs N current (nothing claimed beyond it) and
 		// the If-Match, when given, naming N.
-		allowed := len(s.log) == s.cur && (in.IfMatch == 0 || (s.cur > 0 && in.IfMatch == s.cur))
+		allowed := func(p State) bool {
+			return !p.pending() && (in.IfMatch == 0 || (p.cur > 0 && in.IfMatch == p.cur))
+		}
 		if out.Unknown {
-			if allowed {
-				return []State{s, s.claim(in.Write, in.Marker, false)}
+			var next []State
+			for _, p := range s.before() {
+				next = append(next, p)
+				if allowed(p) {
+					next = append(next, p.claim(in.Write, in.Marker, false))
+				}
 			}
-			return []State{s}
+			return next
 		}
 		switch out.Status {
 		case 200, 201:
 			// 201 exactly when there was no resource: update-as-create;
 			// a PUT on a tombstone restores it with 200.
-			if allowed && out.Version == s.cur+1 && (out.Status == 201) == (s.cur == 0) &&
+			p := s.settled()
+			if allowed(p) && out.Version == p.cur+1 && (out.Status == 201) == (p.cur == 0) &&
 				(out.Marker == "" || out.Marker == in.Marker) {
-				return []State{s.claim(in.Write, in.Marker, false)}
+				return []State{p.claim(in.Write, in.Marker, false)}
 			}
 			return nil
 		case 412:
-			return ok(in.IfMatch > 0 && (s.cur == 0 || in.IfMatch != s.cur))
+			// Either the If-Match did not name current, or it did, the
+			// claim met another one, which the write rolled forward.
+			var next []State
+			for _, p := range s.before() {
+				if in.IfMatch > 0 && (p.cur == 0 || in.IfMatch != p.cur) {
+					next = append(next, p)
+				}
+			}
+			return next
 		case 409:
-			return []State{s} // a conflict writes nothing
+			return s.before() // a conflict claims nothing
 		}
 		return nil
 	case KindDelete:
-		nothing := s.cur == 0 || s.top().deleted
-		allowed := !nothing && len(s.log) == s.cur
+		nothing := func(p State) bool { return p.cur == 0 || p.top().deleted }
 		if out.Unknown {
-			if allowed {
-				return []State{s, s.claim(in.Write, s.top().marker, true)}
+			var next []State
+			for _, p := range s.before() {
+				next = append(next, p)
+				if !nothing(p) && !p.pending() {
+					next = append(next, p.claim(in.Write, p.top().marker, true))
+				}
 			}
-			return []State{s}
+			return next
 		}
 		switch out.Status {
 		case 200, 204:
 			if out.Version == 0 {
-				return ok(nothing)
+				// Nothing to delete, possibly after completing a claim
+				// (a deletion) the first attempt met.
+				var next []State
+				for _, p := range s.before() {
+					if nothing(p) {
+						next = append(next, p)
+					}
+				}
+				return next
 			}
-			if allowed && out.Version == s.cur+1 {
-				return []State{s.claim(in.Write, s.top().marker, true)}
+			p := s.settled()
+			if !nothing(p) && out.Version == p.cur+1 {
+				return []State{p.claim(in.Write, p.top().marker, true)}
 			}
 			return nil
 		case 409:
-			return []State{s}
+			return s.before()
 		}
 		return nil
 	case KindComplete:
 		mine := len(s.log) == s.cur+1 && s.log[s.cur].write == in.Write
-		moved := State{cur: s.cur + 1, log: s.log}
+		moved := s.rolled()
 		if out.Unknown {
 			if mine {
 				return []State{s, moved}
@@ -235,7 +310,11 @@ func step(s State, in Input, out Output) []State {
 		if mine {
 			return []State{moved}
 		}
-		return nil
+		// Someone else already completed it (a roll-forward).
+		v := in.Version
+		return ok(v > 0 && v <= s.cur && s.log[v-1].write == in.Write)
+	case KindRepair:
+		return []State{s.settled()}
 	}
 	return nil
 }
@@ -293,8 +372,14 @@ func Describe(in Input, out Output) string {
 			fmt.Fprintf(&b, ` If-Match W/"%d"`, in.IfMatch)
 		}
 		b.WriteString(")")
-	case KindDelete, KindComplete:
+	case KindDelete:
 		fmt.Fprintf(&b, "(w%d)", in.Write)
+	case KindComplete:
+		fmt.Fprintf(&b, "(w%d", in.Write)
+		if in.Version > 0 {
+			fmt.Fprintf(&b, " v%d", in.Version)
+		}
+		b.WriteString(")")
 	}
 	b.WriteString(" -> ")
 	if out.Unknown {

@@ -12,14 +12,15 @@ import (
 type hist struct{ ops []porcupine.Operation }
 
 func (h *hist) op(call, ret int64, in Input, out Output) *hist {
-	if out.Unknown {
+	if out.Unknown && ret == 0 {
 		ret = math.MaxInt64
 	}
 	h.ops = append(h.ops, porcupine.Operation{ClientId: len(h.ops), Input: in, Call: call, Output: out, Return: ret})
 	return h
 }
 
-// write records both halves of a write, as the cluster test does: the
+// write records both halves of a write, as the cluster test does (ret 0
+// for an unknown outcome: it may take effect at any later time): the
 // pointer half is known to have happened for a 2xx that names a version,
 // unknown when the claim is, and absent when nothing was written.
 func (h *hist) write(call, ret int64, in Input, out Output) *hist {
@@ -28,7 +29,7 @@ func (h *hist) write(call, ret int64, in Input, out Output) *hist {
 	case out.Unknown:
 		h.op(call, ret, Input{ID: in.ID, Kind: KindComplete, Write: in.Write}, Output{Unknown: true})
 	case out.Version > 0 && (out.Status == 200 || out.Status == 201 || out.Status == 204):
-		h.op(call, ret, Input{ID: in.ID, Kind: KindComplete, Write: in.Write}, Output{Status: 200})
+		h.op(call, ret, Input{ID: in.ID, Kind: KindComplete, Write: in.Write, Version: out.Version}, Output{Status: 200})
 	}
 	return h
 }
@@ -85,11 +86,11 @@ func TestModel(t *testing.T) {
 			write(20, 30, put(2, "m2", 0), Output{Status: 200, Version: 3, Marker: "m2"}).
 			op(40, 50, vread(2), Output{Status: 200, Version: 2, Marker: "m2"}), false},
 		{"unknown write that landed", new(hist).
-			write(0, 10, put(1, "m1", 0), unknown).
+			write(0, 0, put(1, "m1", 0), unknown).
 			op(20, 30, read, Output{Status: 404}).
 			op(40, 50, read, Output{Status: 200, Version: 1, Marker: "m1"}), true},
 		{"unknown write seen, then unseen", new(hist).
-			write(0, 10, put(1, "m1", 0), unknown).
+			write(0, 0, put(1, "m1", 0), unknown).
 			op(20, 30, read, Output{Status: 200, Version: 1, Marker: "m1"}).
 			op(40, 50, read, Output{Status: 404}), false},
 		{"crashed claim rolled forward by the next writer", new(hist).
@@ -99,6 +100,43 @@ func TestModel(t *testing.T) {
 			op(60, 70, read, Output{Status: 200, Version: 1, Marker: "m1"}).
 			write(80, 90, put(3, "m3", 0), Output{Status: 200, Version: 3, Marker: "m3"}).
 			op(100, 110, vread(2), Output{Status: 200, Version: 2, Marker: "m2"}), true},
+		{"unknown write completed late by its own server", new(hist).
+			write(0, 10, put(1, "m1", 0), Output{Status: 201, Version: 1, Marker: "m1"}).
+			write(20, 0, put(2, "m2", 0), unknown).
+			op(40, 50, vread(2), Output{Status: 200, Version: 2, Marker: "m2"}).
+			op(60, 70, read, Output{Status: 200, Version: 1, Marker: "m1"}).
+			op(80, 90, read, Output{Status: 200, Version: 2, Marker: "m2"}), true},
+		{"pointer moves after the unknown write's window, without a writer", new(hist).
+			write(0, 10, put(1, "m1", 0), Output{Status: 201, Version: 1, Marker: "m1"}).
+			write(20, 55, put(2, "m2", 0), unknown).
+			op(40, 50, vread(2), Output{Status: 200, Version: 2, Marker: "m2"}).
+			op(60, 70, read, Output{Status: 200, Version: 1, Marker: "m1"}).
+			op(80, 90, read, Output{Status: 200, Version: 2, Marker: "m2"}), false},
+		{"a 412 rolls forward a claim whose writer died", new(hist).
+			write(0, 10, put(1, "m1", 0), Output{Status: 201, Version: 1, Marker: "m1"}).
+			write(20, 25, put(2, "m2", 0), unknown).
+			op(40, 50, vread(2), Output{Status: 200, Version: 2, Marker: "m2"}).
+			op(60, 70, read, Output{Status: 200, Version: 1, Marker: "m1"}).
+			write(80, 90, put(3, "m3", 1), Output{Status: 412}).
+			op(100, 110, read, Output{Status: 200, Version: 2, Marker: "m2"}), true},
+		{"a read does not roll forward", new(hist).
+			write(0, 10, put(1, "m1", 0), Output{Status: 201, Version: 1, Marker: "m1"}).
+			write(20, 25, put(2, "m2", 0), unknown).
+			op(40, 50, vread(2), Output{Status: 200, Version: 2, Marker: "m2"}).
+			op(60, 70, read, Output{Status: 200, Version: 1, Marker: "m1"}).
+			op(80, 90, Input{ID: "a", Kind: KindHistory, Count: 5}, Output{Status: 200, Entries: []Entry{{1, false, "m1"}}}).
+			op(100, 110, read, Output{Status: 200, Version: 2, Marker: "m2"}), false},
+		{"repair rolls forward", new(hist).
+			write(0, 10, put(1, "m1", 0), Output{Status: 201, Version: 1, Marker: "m1"}).
+			write(20, 25, put(2, "m2", 0), unknown).
+			op(40, 50, vread(2), Output{Status: 200, Version: 2, Marker: "m2"}).
+			op(60, 70, read, Output{Status: 200, Version: 1, Marker: "m1"}).
+			op(80, 90, Input{ID: "a", Kind: KindRepair}, Output{Status: 200}).
+			op(100, 110, read, Output{Status: 200, Version: 2, Marker: "m2"}), true},
+		{"a successful write completed by another writer's roll-forward", new(hist).
+			write(0, 100, put(1, "m1", 0), Output{Status: 201, Version: 1, Marker: "m1"}).
+			write(10, 50, put(2, "m2", 0), Output{Status: 200, Version: 2, Marker: "m2"}).
+			op(60, 70, read, Output{Status: 200, Version: 2, Marker: "m2"}), true},
 		{"If-Match on the current version answers 412", new(hist).
 			write(0, 10, put(1, "m1", 0), Output{Status: 201, Version: 1, Marker: "m1"}).
 			write(20, 30, put(2, "m2", 1), Output{Status: 412}), false},

@@ -88,7 +88,11 @@ func (b *Bucket) Put(ctx context.Context, key string, body io.Reader, opts stora
 	if opts.IfMatch != "" {
 		in.IfMatch = aws.String(opts.IfMatch)
 	}
-	out, err := b.c.s3.PutObject(ctx, in)
+	var optFns []func(*s3.Options)
+	if opts.IfNoneMatch != "" || opts.IfMatch != "" {
+		optFns = append(optFns, conditionalRetries)
+	}
+	out, err := b.c.s3.PutObject(ctx, in, optFns...)
 	if err != nil {
 		return storage.Attrs{}, &storage.Error{Op: "put", Key: key, Err: mapError(ctx, err, false)}
 	}

@@ -13,12 +13,14 @@
 // retried and then ErrConflict, throttling/5xx/network errors are retried
 // and then ErrUnavailable. Every error is a *storage.Error.
 //
-// Retries and conditional puts: a conditional Put whose first attempt wrote
-// the object but whose response was lost (network error) is retried by the
-// SDK, and the retry then fails its own precondition. The caller sees
-// ErrPreconditionFailed although its write happened. Callers for which this
-// matters (fhirstore's version claims) must read the object back and
-// compare before treating a precondition failure as a lost race.
+// Retries and conditional puts: a conditional Put is retried only after
+// attempts the server rejected (throttling, 409 ConditionalRequestConflict)
+// or that never left the client. An attempt that may have been applied (a
+// lost response, a 5xx other than 503) is not retried, since the retry
+// would fail its own precondition and report a write that happened as
+// ErrPreconditionFailed; the Put fails with ErrUnavailable instead, an
+// unknown outcome. So ErrPreconditionFailed always means that the
+// condition did not hold for this write (see conditional.go).
 package s3store
 
 import (
