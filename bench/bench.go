@@ -170,7 +170,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer func() {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
 			defer cancel()
-			if err := deleteAll(cctx, ns); err != nil {
+			if err := storage.DeleteAll(cctx, ns, "", 32); err != nil {
 				r.log.Warn("removing the benchmark's objects", "prefix", "bench-"+runID, "error", err)
 			}
 		}()

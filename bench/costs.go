@@ -2,15 +2,12 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
-	"fhirbucket/storage"
 	"fhirbucket/storage/memstore"
 )
 
@@ -152,31 +149,4 @@ func (r *runner) historyCosts(ctx context.Context, c *counter, st *fhirstore.Sto
 		}
 	}
 	return nil
-}
-
-// deleteAll removes every key of b with a few parallel deletes.
-func deleteAll(ctx context.Context, b storage.Bucket) error {
-	var (
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, 32)
-		mu   sync.Mutex
-		errs []error
-	)
-	for a, err := range storage.Walk(ctx, b, storage.ListOptions{}) {
-		if err != nil {
-			errs = append(errs, err)
-			break
-		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if err := b.Delete(ctx, a.Key); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }

@@ -10,8 +10,10 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"io"
 	"iter"
+	"sync"
 	"time"
 )
 
@@ -164,4 +166,36 @@ func ReadAll(ctx context.Context, b Bucket, key string) ([]byte, Attrs, error) {
 		return nil, Attrs{}, err
 	}
 	return data, attrs, nil
+}
+
+// DeleteAll deletes every key under prefix, listing one page at a time and
+// running at most parallel deletes at once (1 when parallel < 1). It goes
+// on after a failed delete and returns every error joined.
+func DeleteAll(ctx context.Context, b Bucket, prefix string, parallel int) error {
+	var (
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, max(parallel, 1))
+		mu   sync.Mutex
+		errs []error
+	)
+	add := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
+	for a, err := range Walk(ctx, b, ListOptions{Prefix: prefix}) {
+		if err != nil {
+			add(err)
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := b.Delete(ctx, a.Key); err != nil {
+				add(err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -180,3 +180,29 @@ func TestWalk(t *testing.T) {
 		t.Errorf("Walk yielded %d times after an error, want 1", n)
 	}
 }
+
+func TestDeleteAll(t *testing.T) {
+	b := memstore.New()
+	keys := []string{"a/1", "a/2", "a/b/3", "ab", "b/1"}
+	for i := range 1500 {
+		keys = append(keys, fmt.Sprintf("a/many/%04d", i))
+	}
+	for _, k := range keys {
+		if _, err := b.Put(t.Context(), k, strings.NewReader("x"), storage.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := storage.DeleteAll(t.Context(), b, "a/", 8); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for a, err := range storage.Walk(t.Context(), b, storage.ListOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, a.Key)
+	}
+	if want := []string{"ab", "b/1"}; !slices.Equal(left, want) {
+		t.Errorf("after DeleteAll(a/): %q, want %q", left, want)
+	}
+}

@@ -42,7 +42,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -299,7 +298,7 @@ func (s *Server) NewNamespace(t testing.TB) storage.Bucket {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		if err := deleteAll(ctx, b); err != nil {
+		if err := storage.DeleteAll(ctx, b, "", 16); err != nil {
 			t.Errorf("s3test: removing prefix %s of bucket %s: %v", prefix, bucket, err)
 		}
 	})
@@ -351,41 +350,13 @@ func (s *Server) ensureFixed() error {
 }
 
 func (s *Server) removeBucket(ctx context.Context, b *s3store.Bucket) error {
-	if err := deleteAll(ctx, b); err != nil {
+	if err := storage.DeleteAll(ctx, b, "", 16); err != nil {
 		return err
 	}
 	_, err := s.Admin().DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(b.Name())})
 	return err
 }
 
-// deleteAll removes every key of b, a few requests at a time.
-func deleteAll(ctx context.Context, b storage.Bucket) error {
-	var (
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, 16)
-		mu   sync.Mutex
-		errs []error
-	)
-	for a, err := range storage.Walk(ctx, b, storage.ListOptions{}) {
-		if err != nil {
-			mu.Lock()
-			errs = append(errs, err)
-			mu.Unlock()
-			break
-		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if err := b.Delete(ctx, a.Key); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
 
 // uniqueName is a valid, unique bucket name or key prefix.
 func uniqueName(prefix string) string {
