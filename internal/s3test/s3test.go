@@ -357,7 +357,6 @@ func (s *Server) removeBucket(ctx context.Context, b *s3store.Bucket) error {
 	return err
 }
 
-
 // uniqueName is a valid, unique bucket name or key prefix.
 func uniqueName(prefix string) string {
 	var b [6]byte
