@@ -140,16 +140,6 @@ func mustRead(t testing.TB, b storage.Bucket, key string) ([]byte, storage.Attrs
 	return data, a
 }
 
-func keysWith(keys []string, sub string) []string {
-	var out []string
-	for _, k := range keys {
-		if strings.Contains(k, sub) {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
 // s3Sized picks the workload size for the backend.
 func s3Sized(bk backend, local, s3 int) int {
 	if bk.s3 {

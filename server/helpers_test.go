@@ -107,15 +107,6 @@ type response struct {
 	body   []byte
 }
 
-func (r *response) json(t testing.TB) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(r.body, &m); err != nil {
-		t.Fatalf("response body is not JSON: %v\n%s", err, r.body)
-	}
-	return m
-}
-
 // hdr builds headers from "Name: value" strings.
 func hdr(lines ...string) http.Header {
 	h := http.Header{}

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ func TestMain(m *testing.M) { s3test.Main(m) }
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "fhirbucket")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, ".")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -303,6 +302,9 @@ func driveExample(c *client, ex example, id string) error {
 		st, h, body, err = c.do("GET", path+"/_history/"+v, nil)
 		if err := expect("vread "+v, 200, st, body, err); err != nil {
 			return err
+		}
+		if h.Get("ETag") != `W/"`+v+`"` {
+			return fmt.Errorf("vread %s: ETag %q", v, h.Get("ETag"))
 		}
 		if err := same("vread "+v, body, id); err != nil {
 			return err
