@@ -122,8 +122,9 @@ func (h *Holder) Release(ctx context.Context, state json.RawMessage) (Doc, error
 
 // Refresh reads the object (one GET). If it still shows the holder's
 // owner and token, the holder adopts it (its ETag and state) and returns
-// it; otherwise it fails with ErrLost and the renewals stop. A failed read
-// changes nothing.
+// it; otherwise it fails with ErrLost, returns what the store holds (a
+// released lease with the holder's token is its own Release that landed
+// unseen), and the renewals stop. A failed read changes nothing.
 func (h *Holder) Refresh(ctx context.Context) (Doc, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -173,7 +174,7 @@ func (h *Holder) confirmLocked(ctx context.Context) (Doc, error) {
 	case err != nil:
 		return Doc{}, err
 	case d.Lease.Owner != h.m.owner || d.Lease.Token != h.doc.Lease.Token:
-		return Doc{}, fmt.Errorf("lease: %q: %w: now %q with token %d, was %q with token %d", h.doc.Key, ErrLost,
+		return d, fmt.Errorf("lease: %q: %w: now %q with token %d, was %q with token %d", h.doc.Key, ErrLost,
 			d.Lease.Owner, d.Lease.Token, h.m.owner, h.doc.Lease.Token)
 	}
 	h.doc = d

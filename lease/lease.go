@@ -303,6 +303,9 @@ func (m *Manager) Release(ctx context.Context, d Doc, state json.RawMessage) (Do
 // succeeds; the others, and a takeover of a document that changed since it
 // was read, fail with ErrLost.
 func (m *Manager) TakeOver(ctx context.Context, d Doc) (Doc, error) {
+	if d.ETag == "" {
+		return Doc{}, noETag("take over", d)
+	}
 	if m.Status(d.Lease) == Held {
 		return Doc{}, fmt.Errorf("lease: take over %q: %w: %q until %s (skew margin %v)",
 			d.Key, ErrHeld, d.Lease.Owner, d.Lease.Expires.Format(timeFormat), m.skew)
@@ -318,12 +321,20 @@ func (m *Manager) held(token int64) Lease {
 // mine checks that d shows a lease of the Manager's owner.
 func (m *Manager) mine(op string, d Doc) error {
 	switch {
+	case d.ETag == "":
+		return noETag(op, d)
 	case d.Lease.Released():
 		return fmt.Errorf("lease: %s %q: %w: the lease is released", op, d.Key, ErrLost)
 	case d.Lease.Owner != m.owner:
 		return fmt.Errorf("lease: %s %q: %w: %q holds it, not %q", op, d.Key, ErrHeld, d.Lease.Owner, m.owner)
 	}
 	return nil
+}
+
+// noETag refuses a change without a precondition, which would be a blind
+// create instead.
+func noETag(op string, d Doc) error {
+	return fmt.Errorf("lease: %s %q: %w: the document has no ETag (pass one returned by Read or a write)", op, d.Key, ErrInvalid)
 }
 
 // write puts the document as the one conditional request of every

@@ -337,6 +337,14 @@ func testInvalidState(t *testing.T, e *env) {
 			wantErr(t, "Release", err, lease.ErrInvalid)
 		})
 	}
+	// A document without an ETag would make the change a blind create.
+	e.wantCost("changes without an ETag", none, func() {
+		noETag := lease.Doc{Key: "absent", Lease: d.Lease, State: d.State}
+		_, err := m.Renew(t.Context(), noETag)
+		wantErr(t, "Renew without an ETag", err, lease.ErrInvalid)
+		_, err = m.TakeOver(t.Context(), lease.Doc{Key: "absent"})
+		wantErr(t, "TakeOver without an ETag", err, lease.ErrInvalid)
+	})
 	e.wantDoc("after invalid writes", m, d)
 }
 
@@ -772,6 +780,11 @@ func testKeepLoss(t *testing.T, e *env) {
 	wantErr(t, "holder after the takeover", h.Err(), lease.ErrLost)
 	if !errors.Is(context.Cause(h.Context()), lease.ErrLost) {
 		t.Fatalf("context cause %v, want ErrLost", context.Cause(h.Context()))
+	}
+	got, err := h.Refresh(t.Context())
+	wantErr(t, "Refresh after the loss", err, lease.ErrLost)
+	if got.Lease != tk.Lease {
+		t.Fatalf("Refresh after the loss returned %+v, want the taker's %+v", got.Lease, tk.Lease)
 	}
 	_, err = h.Update(t.Context(), json.RawMessage(`{"late":true}`))
 	wantErr(t, "Update after the loss", err, lease.ErrLost)
