@@ -4,7 +4,11 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"fhirbucket/lease"
 )
+
+var _ lease.Clock = (*Clock)(nil)
 
 // Clock is a fake lease.Clock: time moves only when Advance is called,
 // which fires every timer that falls due. Tests wait for the code under
