@@ -106,7 +106,7 @@ func Collect(paths []string) ([]Input, error) {
 			if d.IsDir() {
 				return nil
 			}
-			if _, _, ok := KindOf(d.Name()); ok && d.Type().IsRegular() {
+			if _, _, ok := KindOf(d.Name()); ok && (d.Type().IsRegular() || d.Type()&fs.ModeSymlink != 0) {
 				add(path)
 			}
 			return nil
