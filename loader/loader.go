@@ -271,6 +271,10 @@ func (l *Loader) Run(ctx context.Context, inputs []Input) (*Report, error) {
 		}
 		f.start = time.Now()
 		l.produce(ctx, f, jobs)
+		if ctx.Err() != nil {
+			// Cut short: the file is not done, whatever was sent of it.
+			break
+		}
 		f.mu.Lock()
 		f.produced = true
 		done := f.pending == 0

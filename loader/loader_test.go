@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -709,4 +710,37 @@ func FuzzRetryAfter(f *testing.F) {
 			t.Fatalf("retryAfter(%q) = %v, %v", v, d, ok)
 		}
 	})
+}
+
+// TestInterrupted: cancelling the context ends Run with ctx's error and
+// the report of what was done; nothing is left in flight.
+func TestInterrupted(t *testing.T) {
+	srv := newFake(t)
+	srv.Delay = 200 * time.Millisecond
+	dir := t.TempDir()
+	for i := range 4 {
+		writeFile(t, dir, fmt.Sprintf("f%d.json", i), bundleJSON("batch", "a"))
+	}
+	inputs, err := Collect([]string{dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ := newLoader(t, srv, Config{Parallel: 1})
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		for len(srv.Requests()) == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	rep, err := l.Run(ctx, inputs)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run: %v, want context.Canceled", err)
+	}
+	if rep.FilesDone > 1 || rep.Files != 4 || len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].Diagnostics, "interrupted") {
+		t.Errorf("report %+v, want one interrupted Bundle and files left", rep)
+	}
+	if n := len(srv.Requests()); n != 1 {
+		t.Errorf("%d requests after the interruption, want 1", n)
+	}
 }

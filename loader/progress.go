@@ -118,7 +118,7 @@ func barLine(t Totals) string {
 	if t.Files > 0 {
 		filled = t.FilesDone * width / t.Files
 	}
-	return fmt.Sprintf("[%s%s] files %d/%d  entries %d  %.0f/s  errors: %d entries, %d files",
+	return fmt.Sprintf("[%s%s] files %d/%d  entries %d  %.0f/s  errors: %d entries, %d files  %s",
 		strings.Repeat("#", filled), strings.Repeat(".", width-filled),
-		t.FilesDone, t.Files, t.Entries, t.Rate(), t.EntriesFailed, t.FilesFailed)
+		t.FilesDone, t.Files, t.Entries, t.Rate(), t.EntriesFailed, t.FilesFailed, t.Elapsed.Round(time.Second))
 }

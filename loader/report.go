@@ -23,7 +23,9 @@ func (f Failure) String() string {
 		fmt.Fprintf(&b, " line %d", f.Line)
 	case f.Entry >= 0:
 		fmt.Fprintf(&b, " entry[%d]", f.Entry)
-	case f.Entries > 0:
+	case f.Entries == 1:
+		b.WriteString(" (its one entry)")
+	case f.Entries > 1:
 		fmt.Fprintf(&b, " (all %d entries)", f.Entries)
 	}
 	if f.Request != "" {
