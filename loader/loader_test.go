@@ -597,7 +597,7 @@ func TestProgress(t *testing.T) {
 				}
 			}
 			// Files finish in the order of their answers, not of the inputs.
-			for _, want := range []string{"a.ndjson: 3 entries, 0 failed, 1 bundles", "b.json: 2 entries, 1 failed", `c.json: failed: Bundle.type is "document"`} {
+			for _, want := range []string{"a.ndjson: 3 entries, 0 failed, 1 bundles", "b.json: 2 entries, 1 failed", `c.json: failed: not sent: only batch and transaction Bundles can be loaded, and Bundle.type is "document"`} {
 				if !strings.Contains(s, want) {
 					t.Errorf("no line with %q:\n%s", want, s)
 				}

@@ -30,7 +30,7 @@ func (l *Loader) readBundleFile(f *fileState, emit func(job) bool) error {
 		return err
 	}
 	if b.Type != fhir.BundleBatch && b.Type != fhir.BundleTransaction {
-		return fmt.Errorf("Bundle.type is %q: only batch and transaction Bundles can be loaded; not sent", b.Type)
+		return fmt.Errorf("not sent: only batch and transaction Bundles can be loaded, and Bundle.type is %q", b.Type)
 	}
 	j := job{body: data, kind: b.Type, entries: make([]entryRef, len(b.Entry))}
 	for i, e := range b.Entry {

@@ -90,7 +90,7 @@ func TestLoadCommand(t *testing.T) {
 			requests: 2, // the document is not sent
 			stdout: []string{"files: 3 (3 with failures), bundles: 2, entries: 2 ok, 3 failed", "failures (3):",
 				"batch.json entry[1] PUT Patient/bad2: 422: entry 1: Patient/bad2 is refused",
-				`doc.json: Bundle.type is "document": only batch and transaction Bundles can be loaded; not sent`,
+				`doc.json: not sent: only batch and transaction Bundles can be loaded, and Bundle.type is "document"`,
 				"tx.json (all 2 entries): 400: transaction failed: entry 1: Patient/bad9 is refused"},
 		},
 		{
