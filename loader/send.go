@@ -153,10 +153,11 @@ func (l *Loader) attempt(ctx context.Context, j job) (*answer, error) {
 // RetryBase doubled n times, capped at RetryMax, less up to half of it at
 // random so that parallel senders spread out.
 func (l *Loader) backoff(n int) time.Duration {
-	d := l.cfg.RetryMax
-	if n < 30 && l.cfg.RetryBase<<n < d {
-		d = l.cfg.RetryBase << n
+	d := l.cfg.RetryBase
+	for i := 0; i < n && d < l.cfg.RetryMax; i++ {
+		d *= 2
 	}
+	d = min(d, l.cfg.RetryMax)
 	return d/2 + rand.N(d/2+1)
 }
 

@@ -64,6 +64,9 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	if err != nil {
 		return exitError, err
 	}
+	if len(inputs) == 0 {
+		return exitError, fmt.Errorf("nothing to load: no *.json or *.ndjson file (optionally .gz) in %s", strings.Join(paths, ", "))
+	}
 	bar := mode == "always" || (mode == "auto" && isTerminal(stderr))
 	var prog *loader.Progress
 	cfg.OnFileDone = func(r loader.FileResult, t loader.Totals) { prog.FileDone(r, t) }

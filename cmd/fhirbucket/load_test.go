@@ -190,6 +190,7 @@ func TestLoadUsageErrors(t *testing.T) {
 	}{
 		{"no path", nil, "no FILE or DIR"},
 		{"missing path", []string{filepath.Join(dir, "nope")}, "nope"},
+		{"empty folder", []string{t.TempDir()}, "nothing to load"},
 		{"not loadable", []string{filepath.Join(dir, "notes.txt")}, "notes.txt: not a *.json Bundle or *.ndjson file"},
 		{"unknown flag", []string{"--bogus", dir}, "bogus"},
 		{"bad url", []string{"--url", "ftp://x", dir}, "--url"},
