@@ -5,6 +5,7 @@
 //	fhirbucket fsck      verify (and with --repair, repair) stored data
 //	fhirbucket version   print the version
 //	fhirbucket bench     measure throughput and S3 requests (docs/performance.md)
+//	fhirbucket load      send Bundle and NDJSON files to a FHIR server
 //
 // Configuration comes from flags and FHIRBUCKET_* environment variables
 // (flags win); `fhirbucket <command> --help` lists every setting and
@@ -26,7 +27,7 @@ import (
 // Exit codes.
 const (
 	exitOK       = 0
-	exitProblems = 1 // fsck found problems it did not repair
+	exitProblems = 1 // fsck found problems it did not repair; load had failures
 	exitError    = 2 // bad usage, bad configuration, or a failure
 )
 
@@ -55,6 +56,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		err = printVersion(args[1:], stdout)
 	case "bench":
 		err = benchCmd(ctx, args[1:], stdout, stderr)
+	case "load":
+		code, err = loadCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		usage(stdout)
 		return exitOK
@@ -81,6 +84,7 @@ commands:
   fsck      verify stored data of one tenant (--tenant) or all; --repair fixes what it can
   version   print the version
   bench     measure throughput, latency and S3 requests per operation
+  load      load Bundle and NDJSON files into a FHIR server (POST to its base)
 
 Run "fhirbucket <command> --help" for the settings of a command.
 `)
