@@ -395,7 +395,7 @@ func (b *Bucket) writeTemp(ctx context.Context, body io.Reader, opts storage.Put
 		b.root.Remove(tmp)
 		return "", nil, err
 	}
-	n, err := io.Copy(f, ctxReader{ctx, body})
+	n, err := io.Copy(f, storage.ContextReader(ctx, body))
 	if err != nil {
 		return cleanup(err)
 	}
@@ -557,19 +557,6 @@ func (b *Bucket) Delete(ctx context.Context, key string) error {
 		}
 	}
 	return nil
-}
-
-// ctxReader stops a body copy as soon as ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // sortedEntries reads one folder and sorts it in key order: a folder
