@@ -103,7 +103,10 @@ type Bucket struct {
 	log   *slog.Logger
 }
 
-var _ storage.Bucket = (*Bucket)(nil)
+var (
+	_ storage.Bucket = (*Bucket)(nil)
+	_ io.Closer      = (*Bucket)(nil)
+)
 
 // Open opens the existing folder dir as a bucket. A missing dir, or one
 // that is not a folder, fails with an error wrapping

@@ -41,7 +41,14 @@ type object struct {
 	attrs storage.Attrs
 }
 
-var _ storage.Bucket = (*Bucket)(nil)
+var (
+	_ storage.Bucket = (*Bucket)(nil)
+	_ io.Closer      = (*Bucket)(nil)
+)
+
+// Close does nothing and returns nil: a memory bucket holds nothing to
+// release. It exists so that every driver is an io.Closer.
+func (b *Bucket) Close() error { return nil }
 
 // New returns an empty bucket.
 func New() *Bucket {
