@@ -10,14 +10,21 @@ import (
 	"fhirbucket/storage/s3store"
 )
 
+// staticAWSCredentials gives the AWS SDK, which reads credentials from the
+// process environment, static ones: it then never probes instance
+// metadata.
+func staticAWSCredentials(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "x")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "y")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+}
+
 // TestStoreS3ConfigError: an s3store configuration error reaches the user
 // naming the command-line setting, with the *s3store.ConfigError still in
 // the chain.
 func TestStoreS3ConfigError(t *testing.T) {
+	staticAWSCredentials(t)
 	t.Setenv("AWS_REGION", "")
-	t.Setenv("AWS_ACCESS_KEY_ID", "x")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "y")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	s3 := []string{"FHIRBUCKET_BACKEND=s3", "FHIRBUCKET_S3_BUCKET=b", "FHIRBUCKET_S3_VALIDATE_BUCKETS=false"}
 	cases := []struct {
 		name  string

@@ -134,7 +134,8 @@ type Backend struct {
 	Open func(t testing.TB) storage.Bucket
 }
 
-// Backends returns every backend: memstore, filestore (in t.TempDir), and
+// Backends returns every backend: memstore, filestore (in t.TempDir,
+// closed by t.Cleanup), and
 // MinIO and versitygw through internal/s3test (each a fresh namespace).
 func Backends() []Backend {
 	return []Backend{
@@ -145,6 +146,7 @@ func Backends() []Backend {
 			if err != nil {
 				t.Fatalf("filestore.Open: %v", err)
 			}
+			t.Cleanup(func() { _ = b.Close() })
 			return b
 		}},
 		{Name: "minio", S3: true, Open: func(t testing.TB) storage.Bucket { return s3test.MinIO(t).NewNamespace(t) }},
