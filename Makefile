@@ -24,9 +24,11 @@ fuzz:
 tools:
 	bash scripts/install-tools.sh minio versitygw
 
-## lint: gofmt, go vet and staticcheck must be clean.
+## lint: gofmt, go vet and staticcheck must be clean, and go.mod/go.sum
+## tidy (go mod tidy -diff prints what tidy would change and fails).
 lint:
 	bash scripts/install-tools.sh staticcheck
+	@go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then \
 		echo "gofmt -l reports unformatted files:"; echo "$$unformatted"; exit 1; fi
 	go vet ./...

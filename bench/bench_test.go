@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"math"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"fhirbucket/bench"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 	"fhirbucket/storage/memstore"
 )
@@ -23,7 +23,7 @@ func smallConfig(t *testing.T) bench.Config {
 		Bucket: memstore.New(), Backend: bench.Backend{Kind: "memory"},
 		Concurrency: []int{1, 4}, CellDuration: 300 * time.Millisecond, MaxOpsPerCell: 40,
 		HistorySizes: []int{3, 120}, HistoryPage: 10, HistoryOnBackendMax: 50,
-		ExamplesDir: filepath.Join("..", "testdata", "r4", "examples"),
+		ExamplesDir: testenv.ExamplesDir(),
 	}
 }
 

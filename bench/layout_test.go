@@ -6,6 +6,7 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage/memstore"
 )
 
@@ -13,10 +14,7 @@ import (
 // exactly what fhirstore writes: Verify finds no problem, and fhirstore
 // reads, pages and extends it.
 func TestWriteHistoryIsTheLayout(t *testing.T) {
-	v, err := fhir.NewValidator(fhir.ValidatorOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := testenv.Validator(t)
 	for _, n := range []int{1, 2, 37} {
 		st, err := fhirstore.New(fhirstore.Config{Bucket: memstore.New(), Validator: v})
 		if err != nil {

@@ -18,7 +18,7 @@ import (
 func TestConcurrentConditionalUpdates(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		s := newStore(t, bk.open(t))
+		s := newStore(t, bk.Open(t))
 		if _, _, err := s.Update(ctx, "acme", "Patient", "p", patient("p", "base"), WriteOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -60,9 +60,9 @@ func TestConcurrentConditionalUpdates(t *testing.T) {
 func TestConcurrentUpdates(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		s := newStore(t, bk.open(t), func(c *Config) { c.WriteRetries = 100000 })
+		s := newStore(t, bk.Open(t), func(c *Config) { c.WriteRetries = 100000 })
 		writers, each := 32, 20
-		if bk.s3 {
+		if bk.S3 {
 			writers, each = 8, 10
 		}
 		if _, _, err := s.Update(ctx, "acme", "Patient", "p", patient("p", "base"), WriteOptions{}); err != nil {
@@ -171,7 +171,7 @@ func assertClean(t testing.TB, s *Store, tenant string) *Report {
 func TestLiveWriterRolledForward(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		f := storagetest.NewFaulty(bk.open(t))
+		f := storagetest.NewFaulty(bk.Open(t))
 		s := newStore(t, f)
 		if _, _, err := s.Update(ctx, "acme", "Patient", "p", patient("p", "v1"), WriteOptions{}); err != nil {
 			t.Fatal(err)

@@ -36,11 +36,11 @@ func TestCrashAtEveryStep(t *testing.T) {
 		{"system event landed", "history/system/", true, 2, ""},
 	}
 	for _, bk := range backends {
-		t.Run(bk.name, func(t *testing.T) {
+		t.Run(bk.Name, func(t *testing.T) {
 			for _, st := range steps {
 				for _, op := range []string{"update", "create"} {
 					t.Run(st.name+"/"+op, func(t *testing.T) {
-						if testing.Short() && bk.s3 {
+						if testing.Short() && bk.S3 {
 							t.Skip("S3 backends are skipped with -short")
 						}
 						crashStep(t, bk, op, st.key, st.afterWrite, st.readVersion, st.problem)
@@ -53,7 +53,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 
 func crashStep(t *testing.T, bk backend, op, key string, afterWrite bool, readVersion int, problem string) {
 	ctx := t.Context()
-	f := storagetest.NewFaulty(bk.open(t))
+	f := storagetest.NewFaulty(bk.Open(t))
 	s := newStore(t, f)
 	id := "p"
 	if op == "update" {

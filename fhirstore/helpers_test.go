@@ -4,73 +4,36 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"fhirbucket/fhir"
 	"fhirbucket/internal/s3test"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
-	"fhirbucket/storage/filestore"
 	"fhirbucket/storage/memstore"
 )
 
 func TestMain(m *testing.M) { s3test.Main(m) }
 
 // backend is one storage implementation the behaviour suite runs on.
-type backend struct {
-	name string
-	// s3 marks a networked backend: tests size their workloads down.
-	s3 bool
-	// open returns a fresh, empty bucket, or skips the test.
-	open func(t testing.TB) storage.Bucket
-}
+type backend = testenv.Backend
 
-var backends = []backend{
-	{name: "memstore", open: func(testing.TB) storage.Bucket { return memstore.New() }},
-	{name: "filestore", open: func(t testing.TB) storage.Bucket {
-		b, err := filestore.Open(t.TempDir())
-		if err != nil {
-			t.Fatalf("filestore.Open: %v", err)
-		}
-		return b
-	}},
-	{name: "minio", s3: true, open: func(t testing.TB) storage.Bucket { return s3test.MinIO(t).NewNamespace(t) }},
-	{name: "versitygw", s3: true, open: func(t testing.TB) storage.Bucket { return s3test.VersityGW(t).NewNamespace(t) }},
-}
+var backends = testenv.Backends()
 
 // eachBackend runs f as a subtest per backend; S3 backends skip (with the
 // reason) unless their environment gate is set.
 func eachBackend(t *testing.T, f func(t *testing.T, bk backend)) {
 	t.Helper()
-	for _, bk := range backends {
-		t.Run(bk.name, func(t *testing.T) {
-			if testing.Short() && bk.s3 {
-				t.Skip("S3 backends are skipped with -short")
-			}
-			start := time.Now()
-			t.Cleanup(func() { t.Logf("%s took %v", t.Name(), time.Since(start)) })
-			f(t, bk)
-		})
-	}
+	testenv.EachBackend(t, f)
 }
 
-var (
-	validatorOnce sync.Once
-	validator     *fhir.Validator
-	validatorErr  error
-)
-
+// testValidator is the shared validator with a 4 MiB limit, below the
+// 5 MiB resource the suite expects to be refused as too large.
 func testValidator(t testing.TB) *fhir.Validator {
 	t.Helper()
-	validatorOnce.Do(func() {
-		validator, validatorErr = fhir.NewValidator(fhir.ValidatorOptions{MaxBytes: 4 << 20})
-	})
-	if validatorErr != nil {
-		t.Fatalf("NewValidator: %v", validatorErr)
-	}
-	return validator
+	return testenv.ValidatorWith(t, fhir.ValidatorOptions{MaxBytes: 4 << 20})
 }
 
 // fakeClock returns start, start+step, start+2*step, ...; step 0 returns
@@ -142,7 +105,7 @@ func mustRead(t testing.TB, b storage.Bucket, key string) ([]byte, storage.Attrs
 
 // s3Sized picks the workload size for the backend.
 func s3Sized(bk backend, local, s3 int) int {
-	if bk.s3 {
+	if bk.S3 {
 		return s3
 	}
 	if v := os.Getenv("FHIRSTORE_TEST_SCALE"); v == "small" {
@@ -159,32 +122,6 @@ func costOf(c *storage.Counter, f func()) storage.Counts {
 }
 
 func newMem() *memstore.Bucket { return memstore.New() }
-
-type exampleFile struct {
-	name string
-	body []byte
-}
-
-// examples reads the official R4 examples copied into the repository.
-func examples() ([]exampleFile, error) {
-	dir := "../testdata/r4/examples"
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []exampleFile
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") {
-			continue
-		}
-		body, err := os.ReadFile(dir + "/" + e.Name())
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, exampleFile{e.Name(), body})
-	}
-	return out, nil
-}
 
 func (c *fakeClock) SetStep(d time.Duration) {
 	c.mu.Lock()

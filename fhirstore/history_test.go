@@ -128,7 +128,7 @@ func expectedEvents(t testing.TB, b storage.Bucket, base, prefix string, since i
 func TestHistoryPaging(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		inner := bk.open(t)
+		inner := bk.Open(t)
 		c := storage.NewCounter(inner)
 		clk := &fakeClock{t: time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)}
 		s := newStore(t, c, withClock(clk))

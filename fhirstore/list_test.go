@@ -11,7 +11,7 @@ import (
 func TestList(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		c := storage.NewCounter(bk.open(t))
+		c := storage.NewCounter(bk.Open(t))
 		s := newStore(t, c)
 		n := s3Sized(bk, 45, 25)
 		var want []string

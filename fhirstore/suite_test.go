@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 )
 
@@ -38,7 +39,7 @@ func TestCRUD(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
 		clk := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 6_700_000, time.UTC), step: time.Second}
-		s := newStore(t, bk.open(t), withClock(clk))
+		s := newStore(t, bk.Open(t), withClock(clk))
 
 		c, err := s.Create(ctx, "acme", "Patient", patient("client-id", "One"))
 		if err != nil {
@@ -128,7 +129,7 @@ func TestCRUD(t *testing.T) {
 func TestLayout(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		b := bk.open(t)
+		b := bk.Open(t)
 		clk := &fakeClock{t: time.Date(2026, 3, 4, 5, 6, 7, 891_000_000, time.UTC), step: 1500 * time.Millisecond}
 		s := newStore(t, b, withClock(clk), func(c *Config) { c.Prefix = "/g/" })
 		base := "g/acme/"
@@ -323,7 +324,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 func TestIfMatch(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		s := newStore(t, bk.open(t))
+		s := newStore(t, bk.Open(t))
 		put := func(id, name string, m string) (*Resource, bool, error) {
 			t.Helper()
 			var opts WriteOptions
@@ -388,7 +389,7 @@ func TestIfMatch(t *testing.T) {
 func TestCosts(t *testing.T) {
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		c := storage.NewCounter(bk.open(t))
+		c := storage.NewCounter(bk.Open(t))
 		s := newStore(t, c)
 		var res *Resource
 		check := func(name string, want storage.Counts, f func() error) {
@@ -434,18 +435,15 @@ func TestCosts(t *testing.T) {
 
 // TestExamplesRoundTrip stores every official example and reads it back.
 func TestExamplesRoundTrip(t *testing.T) {
-	files, err := examples()
-	if err != nil {
-		t.Fatal(err)
-	}
+	files := testenv.Examples(t)
 	if len(files) < 500 {
 		t.Fatalf("found %d examples in testdata/r4/examples, want the official 505", len(files))
 	}
 	eachBackend(t, func(t *testing.T, bk backend) {
 		ctx := t.Context()
-		s := newStore(t, bk.open(t))
+		s := newStore(t, bk.Open(t))
 		subset := files
-		if bk.s3 {
+		if bk.S3 {
 			// Every 5th file keeps the S3 runs short while still covering
 			// a spread of types.
 			subset = nil
@@ -455,10 +453,10 @@ func TestExamplesRoundTrip(t *testing.T) {
 		}
 		stored := 0
 		for _, f := range subset {
-			body := f.body
+			body := f.Body
 			typ, id, err := fhir.Peek(body)
 			if err != nil {
-				t.Errorf("%s: Peek: %v", f.name, err)
+				t.Errorf("%s: Peek: %v", f.Name, err)
 				continue
 			}
 			var res *Resource
@@ -468,19 +466,19 @@ func TestExamplesRoundTrip(t *testing.T) {
 				res, err = s.Create(ctx, "acme", typ, body)
 			}
 			if err != nil {
-				t.Errorf("%s: storing: %v", f.name, err)
+				t.Errorf("%s: storing: %v", f.Name, err)
 				continue
 			}
 			got, err := s.Read(ctx, "acme", typ, res.ID)
 			if err != nil {
-				t.Errorf("%s: Read: %v", f.name, err)
+				t.Errorf("%s: Read: %v", f.Name, err)
 				continue
 			}
 			if !bytes.Equal(got.Content, res.Content) {
-				t.Errorf("%s: read content differs from the written content", f.name)
+				t.Errorf("%s: read content differs from the written content", f.Name)
 			}
 			if msg := sameApartFromMeta(body, got.Content, id == ""); msg != "" {
-				t.Errorf("%s: %s", f.name, msg)
+				t.Errorf("%s: %s", f.Name, msg)
 			}
 			stored++
 		}

@@ -17,9 +17,9 @@ func TestTenancyIsolation(t *testing.T) {
 			name string
 			cfg  func(t *testing.T) Config
 		}{
-			{"prefix", func(t *testing.T) Config { return Config{Bucket: bk.open(t), Prefix: "g"} }},
+			{"prefix", func(t *testing.T) Config { return Config{Bucket: bk.Open(t), Prefix: "g"} }},
 			{"bucket", func(t *testing.T) Config {
-				return Config{Mode: TenancyBucket, Prefix: "g", TenantBuckets: map[string]storage.Bucket{"t1": bk.open(t), "t2": bk.open(t)}}
+				return Config{Mode: TenancyBucket, Prefix: "g", TenantBuckets: map[string]storage.Bucket{"t1": bk.Open(t), "t2": bk.Open(t)}}
 			}},
 		}
 		for _, m := range modes {

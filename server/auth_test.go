@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"go/ast"
 	"go/parser"
@@ -16,13 +15,12 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"fhirbucket/auth"
-	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/server"
 	"fhirbucket/storage"
 	"fhirbucket/storage/memstore"
@@ -32,55 +30,20 @@ import (
 // isolation_test.go): a real resource store over real buckets behind the
 // real handler, reached over real HTTP.
 
-var (
-	xValidatorOnce sync.Once
-	xValidator     *fhir.Validator
-	xValidatorErr  error
-)
-
-func blackboxValidator(t testing.TB) *fhir.Validator {
-	t.Helper()
-	xValidatorOnce.Do(func() { xValidator, xValidatorErr = fhir.NewValidator(fhir.ValidatorOptions{}) })
-	if xValidatorErr != nil {
-		t.Fatalf("fhir.NewValidator: %v", xValidatorErr)
-	}
-	return xValidator
-}
-
-func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // live is a running server.
 type live struct {
 	t      testing.TB
 	url    string
 	client *http.Client
 	// errLog is net/http's own log (panics in handlers land here).
-	errLog *lockedBuffer
+	errLog *testenv.LockedBuffer
 	srv    *httptest.Server
 }
 
 // prefixStore is a resource store in prefix tenancy mode over b.
 func prefixStore(t testing.TB, b storage.Bucket) *fhirstore.Store {
 	t.Helper()
-	st, err := fhirstore.New(fhirstore.Config{Mode: fhirstore.TenancyPrefix, Bucket: b, Validator: blackboxValidator(t), Logger: quietLogger()})
+	st, err := fhirstore.New(fhirstore.Config{Mode: fhirstore.TenancyPrefix, Bucket: b, Validator: testenv.Validator(t), Logger: testenv.QuietLogger()})
 	if err != nil {
 		t.Fatalf("fhirstore.New: %v", err)
 	}
@@ -90,7 +53,7 @@ func prefixStore(t testing.TB, b storage.Bucket) *fhirstore.Store {
 // bucketStore is a resource store in bucket tenancy mode.
 func bucketStore(t testing.TB, buckets map[string]storage.Bucket) *fhirstore.Store {
 	t.Helper()
-	st, err := fhirstore.New(fhirstore.Config{Mode: fhirstore.TenancyBucket, TenantBuckets: buckets, Validator: blackboxValidator(t), Logger: quietLogger()})
+	st, err := fhirstore.New(fhirstore.Config{Mode: fhirstore.TenancyBucket, TenantBuckets: buckets, Validator: testenv.Validator(t), Logger: testenv.QuietLogger()})
 	if err != nil {
 		t.Fatalf("fhirstore.New: %v", err)
 	}
@@ -102,13 +65,13 @@ func bucketStore(t testing.TB, buckets map[string]storage.Bucket) *fhirstore.Sto
 func start(t testing.TB, cfg server.Config, opts ...func(*http.Server)) *live {
 	t.Helper()
 	if cfg.Logger == nil {
-		cfg.Logger = quietLogger()
+		cfg.Logger = testenv.QuietLogger()
 	}
 	h, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
-	l := &live{t: t, errLog: &lockedBuffer{}}
+	l := &live{t: t, errLog: &testenv.LockedBuffer{}}
 	l.srv = httptest.NewUnstartedServer(h)
 	l.srv.Config.ErrorLog = log.New(l.errLog, "", 0)
 	l.srv.Config.ReadHeaderTimeout = 2 * time.Second
@@ -477,7 +440,7 @@ func TestAuthTenantBinding(t *testing.T) {
 // request, never the token.
 func TestAuthAccessLogNamesClient(t *testing.T) {
 	a := authenticator(t, tokenSpec{"etl-a", "tok-secret-a", "a", []string{"system/*.*"}})
-	logs := &lockedBuffer{}
+	logs := &testenv.LockedBuffer{}
 	l := start(t, server.Config{Store: prefixStore(t, memstore.New()), Auth: a, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	if r := l.send("GET", "/Patient", "", bearer("tok-secret-a", "X-Tenant-ID: a")); r.status != 200 {
 		t.Fatalf("%d %s", r.status, r.body)

@@ -13,6 +13,7 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 	"fhirbucket/storage/memstore"
 	"fhirbucket/storage/storagetest"
@@ -77,7 +78,7 @@ func TestErrorTable(t *testing.T) {
 			}
 
 			// The same through the writer, as a client sees it.
-			s := &Server{log: discardLogger()}
+			s := &Server{log: testenv.QuietLogger()}
 			rec := httptest.NewRecorder()
 			req := httptest.NewRequest("GET", "/Patient/1", nil)
 			s.writeError(rec, req, c.err)
@@ -101,7 +102,7 @@ func TestErrorTable(t *testing.T) {
 
 // TestClientGone: a canceled request writes nothing and is logged as 499.
 func TestClientGone(t *testing.T) {
-	s := &Server{log: discardLogger()}
+	s := &Server{log: testenv.QuietLogger()}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	rec := httptest.NewRecorder()

@@ -9,6 +9,7 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage/memstore"
 )
 
@@ -33,11 +34,11 @@ func FuzzServer(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.method, s.target, s.accept, s.ctype, s.prefer, s.ifMatch, s.tenant, s.body)
 	}
-	st, err := fhirstore.New(fhirstore.Config{Bucket: memstore.New(), Validator: testValidator(f), Logger: discardLogger()})
+	st, err := fhirstore.New(fhirstore.Config{Bucket: memstore.New(), Validator: testenv.Validator(f), Logger: testenv.QuietLogger()})
 	if err != nil {
 		f.Fatal(err)
 	}
-	srv, err := New(Config{Store: st, Logger: discardLogger(), TenantRouting: TenantBoth, MaxBodyBytes: 1 << 16})
+	srv, err := New(Config{Store: st, Logger: testenv.QuietLogger(), TenantRouting: TenantBoth, MaxBodyBytes: 1 << 16})
 	if err != nil {
 		f.Fatal(err)
 	}

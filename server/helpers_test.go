@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -9,31 +8,13 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
-	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 	"fhirbucket/storage/memstore"
 )
-
-var (
-	validatorOnce sync.Once
-	validator     *fhir.Validator
-	validatorErr  error
-)
-
-// testValidator loads the schema validator once per test binary: it is
-// the slow part of setting up a store.
-func testValidator(t testing.TB) *fhir.Validator {
-	t.Helper()
-	validatorOnce.Do(func() { validator, validatorErr = fhir.NewValidator(fhir.ValidatorOptions{}) })
-	if validatorErr != nil {
-		t.Fatalf("fhir.NewValidator: %v", validatorErr)
-	}
-	return validator
-}
 
 // env is a server over the real resource store over memory, reached over
 // real HTTP.
@@ -46,7 +27,7 @@ type env struct {
 	url    string
 	// logs collects the server log, to assert that internal details end
 	// there and not in responses.
-	logs *syncBuffer
+	logs *testenv.LockedBuffer
 }
 
 type envOpt func(*Config, *fhirstore.Config)
@@ -58,9 +39,9 @@ func newEnv(t testing.TB, base storage.Bucket, opts ...envOpt) *env {
 	if base == nil {
 		base = memstore.New()
 	}
-	e := &env{t: t, bucket: base, count: storage.NewCounter(base), logs: &syncBuffer{}}
-	scfg := fhirstore.Config{Mode: fhirstore.TenancyPrefix, Bucket: e.count, Validator: testValidator(t),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	e := &env{t: t, bucket: base, count: storage.NewCounter(base), logs: &testenv.LockedBuffer{}}
+	scfg := fhirstore.Config{Mode: fhirstore.TenancyPrefix, Bucket: e.count, Validator: testenv.Validator(t),
+		Logger: testenv.QuietLogger()}
 	cfg := Config{Logger: slog.New(slog.NewJSONHandler(e.logs, nil))}
 	for _, o := range opts {
 		o(&cfg, &scfg)
@@ -79,25 +60,6 @@ func newEnv(t testing.TB, base storage.Bucket, opts ...envOpt) *env {
 	t.Cleanup(e.srv.Close)
 	e.url = e.srv.URL
 	return e
-}
-
-func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // response is a finished HTTP exchange.

@@ -12,13 +12,14 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/internal/testenv"
 )
 
 func TestMetadata(t *testing.T) {
 	e := newEnv(t, nil)
 	r := e.do("GET", "/metadata", "", nil)
 	mustStatus(t, "metadata", r, 200)
-	if _, err := testValidator(t).Validate(r.body); err != nil {
+	if _, err := testenv.Validator(t).Validate(r.body); err != nil {
 		t.Fatalf("CapabilityStatement does not validate: %v", err)
 	}
 	etag := r.header.Get("ETag")

@@ -6,6 +6,12 @@
 // Drivers (storage/s3store, storage/filestore, storage/memstore) normalise
 // their native errors into the sentinels of this package, so callers test
 // errors only with errors.Is.
+//
+// Closing is not part of Bucket: a Bucket may be a view (Prefixed, a
+// Counter, one bucket of an S3 client shared by several) of what was
+// opened. What a driver opens is an io.Closer instead: filestore.Bucket
+// (the folder), s3store.Client (its connections) and memstore.Bucket
+// (nothing, for uniformity); whoever opened it closes it.
 package storage
 
 import (

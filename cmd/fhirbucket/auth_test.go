@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"fhirbucket/auth"
+	"fhirbucket/internal/testenv"
 )
 
 func writeTokenFile(t *testing.T, doc string) string {
@@ -74,7 +75,7 @@ func TestServeWithTokenAuth(t *testing.T) {
 	file := writeTokenFile(t, `{"tokens":[{"name":"a","sha256":"`+auth.HashToken("tok-a")+`","tenant":"default","scopes":["system/*.*"]}]}`)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	logs := &logBuffer{}
+	logs := &testenv.LockedBuffer{}
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--addr", "127.0.0.1:0"},

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"fhirbucket/internal/testenv"
 )
 
 func TestBenchCommand(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "report")
-	examples := filepath.Join("..", "..", "testdata", "r4", "examples")
+	examples := testenv.ExamplesDir()
 	tests := []struct {
 		name    string
 		args    []string

@@ -12,11 +12,7 @@ import (
 // fail before listening, with exit code 2 and a message that names the
 // setting at fault.
 func TestServeConfigErrors(t *testing.T) {
-	// The AWS SDK reads credentials from the process environment; static
-	// ones keep it from probing instance metadata.
-	t.Setenv("AWS_ACCESS_KEY_ID", "x")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "y")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	staticAWSCredentials(t)
 	dir := t.TempDir()
 	mem := []string{"FHIRBUCKET_BACKEND=memory"}
 	s3 := func(extra ...string) []string {

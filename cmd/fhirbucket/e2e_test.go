@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"fhirbucket/internal/s3test"
+	"fhirbucket/internal/testenv"
 )
 
 func TestMain(m *testing.M) { s3test.Main(m) }
@@ -50,7 +51,7 @@ func childEnv(extra ...string) []string {
 // proc is a running fhirbucket serve.
 type proc struct {
 	cmd  *exec.Cmd
-	logs *logBuffer
+	logs *testenv.LockedBuffer
 	base string
 	done chan error
 }
@@ -58,7 +59,7 @@ type proc struct {
 // startServe starts the binary and waits for /readyz.
 func startServe(t *testing.T, bin, dir string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{logs: &logBuffer{}, done: make(chan error, 1)}
+	p := &proc{logs: &testenv.LockedBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...)...)
 	p.cmd.Dir = dir
 	p.cmd.Env = childEnv(env...)
@@ -167,28 +168,16 @@ type example struct {
 
 func loadExamples(t *testing.T) []example {
 	t.Helper()
-	dir := filepath.Join("..", "..", "testdata", "r4", "examples")
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatalf("examples: %v", err)
-	}
 	var out []example
-	for i, e := range entries {
+	for i, e := range testenv.Examples(t) {
 		if testing.Short() && i%10 != 0 {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
 		var head struct{ ResourceType string }
-		if err := json.Unmarshal(data, &head); err != nil || head.ResourceType == "" {
-			t.Fatalf("%s: no resourceType (%v)", e.Name(), err)
+		if err := json.Unmarshal(e.Body, &head); err != nil || head.ResourceType == "" {
+			t.Fatalf("%s: no resourceType (%v)", e.Name, err)
 		}
-		out = append(out, example{name: e.Name(), typ: head.ResourceType, body: data})
-	}
-	if len(out) == 0 {
-		t.Fatal("no examples")
+		out = append(out, example{name: e.Name, typ: head.ResourceType, body: e.Body})
 	}
 	return out
 }

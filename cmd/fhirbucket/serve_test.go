@@ -10,12 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 	"fhirbucket/storage/filestore"
 )
@@ -27,24 +26,6 @@ func readDoc(t *testing.T) string {
 		t.Fatalf("reading docs/configuration.md: %v", err)
 	}
 	return string(data)
-}
-
-// logBuffer collects log lines and finds the address serve listens on.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // listenAddr returns the addr of the JSON "listening" log line, or "".
@@ -68,7 +49,7 @@ func TestServeInProcess(t *testing.T) {
 	data := filepath.Join(dir, "sub", "data")
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	logs := &logBuffer{}
+	logs := &testenv.LockedBuffer{}
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", data}, []string{"FHIRBUCKET_LOG_FORMAT=json"}, io.Discard, logs)
@@ -159,11 +140,7 @@ func TestFsck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := fhir.NewValidator(fhir.ValidatorOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := fhirstore.New(fhirstore.Config{Bucket: b, Validator: v})
+	st, err := fhirstore.New(fhirstore.Config{Bucket: b, Validator: testenv.Validator(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

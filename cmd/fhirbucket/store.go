@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,16 +26,18 @@ import (
 type backend struct {
 	store *fhirstore.Store
 	ready func(ctx context.Context) error
-	desc  string       // for the start-up log
-	close func() error // releases the storage (nil: nothing to release)
+	desc  string
+	// driver is what openBackend opened (a memstore or filestore bucket,
+	// an s3store client); Close closes it.
+	driver io.Closer
 }
 
 // Close releases the storage.
 func (b *backend) Close() error {
-	if b.close == nil {
+	if b.driver == nil {
 		return nil
 	}
-	return b.close()
+	return b.driver.Close()
 }
 
 // startupCheckTimeout bounds the HeadBucket checks at start-up.
@@ -77,7 +80,8 @@ func openInstrumentedBackend(ctx context.Context, v *values, log *slog.Logger, m
 	b := &backend{}
 	switch kind {
 	case "memory":
-		cfg.Bucket = memstore.New()
+		mb := memstore.New()
+		cfg.Bucket, b.driver = mb, mb
 		b.desc = "memory (data is lost on exit)"
 	case "file":
 		dir := v.str("data-dir")
@@ -91,12 +95,13 @@ func openInstrumentedBackend(ctx context.Context, v *values, log *slog.Logger, m
 		if err != nil {
 			return nil, fmt.Errorf("%s: opening %s: %w", v.label("data-dir"), dir, err)
 		}
-		cfg.Bucket, b.close = fb, fb.Close
+		cfg.Bucket, b.driver = fb, fb
 		abs, _ := filepath.Abs(dir)
 		b.desc = "file " + abs
 		b.ready = func(ctx context.Context) error { return dirWritable(filepath.Join(dir, filestore.ReservedDir)) }
 	case "s3":
 		if err := openS3(ctx, v, &cfg, b, m); err != nil {
+			_ = b.Close()
 			return nil, err
 		}
 	}
@@ -158,8 +163,13 @@ func openS3(ctx context.Context, v *values, cfg *fhirstore.Config, b *backend, m
 	}
 	client, err := s3store.New(ctx, sc)
 	if err != nil {
-		return fmt.Errorf("S3 settings: %s", s3SettingNames(err.Error()))
+		var ce *s3store.ConfigError
+		if errors.As(err, &ce) && s3Settings[ce.Field] != "" {
+			return fmt.Errorf("%s: %w", v.label(s3Settings[ce.Field]), err)
+		}
+		return fmt.Errorf("S3 settings: %w", err)
 	}
+	b.driver = client
 	cfg.Prefix = strings.Trim(v.str("s3-prefix"), "/")
 	if cfg.Prefix != "" {
 		if err := storage.ValidPrefix(cfg.Prefix); err != nil {
@@ -252,11 +262,12 @@ func parseTenantBuckets(s string) (map[string]string, error) {
 	return out, nil
 }
 
-// s3SettingNames rewrites the s3store setting names in msg into the
-// environment variables a user sets.
-func s3SettingNames(msg string) string {
-	for _, n := range []string{"endpoint_url", "allow_http", "force_path_style", "region"} {
-		msg = strings.ReplaceAll(msg, n, "FHIRBUCKET_S3_"+strings.ToUpper(n))
-	}
-	return msg
+// s3Settings names the setting that fills each s3store.Config field, for
+// the message of an s3store.ConfigError. Fields the command line cannot
+// set are missing: their errors name no setting.
+var s3Settings = map[string]string{
+	"Region":         "s3-region",
+	"EndpointURL":    "s3-endpoint-url",
+	"ForcePathStyle": "s3-force-path-style",
+	"AllowHTTP":      "s3-allow-http",
 }

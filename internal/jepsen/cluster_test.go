@@ -21,6 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"fhirbucket/internal/s3server"
 )
 
 // The cluster is started here rather than through internal/s3test because
@@ -155,32 +157,6 @@ func (p *proc) waitHTTP(ctx context.Context, url string) error {
 	}
 }
 
-// findBinary looks for name in $PATH, then in <repo>/.tools/bin.
-func findBinary(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, ".tools", "bin", name)
-			if _, err := os.Stat(p); err == nil {
-				return p, nil
-			}
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			break
-		}
-		dir = parent
-	}
-	return "", fmt.Errorf("%s not found in $PATH or .tools/bin; run `make tools`", name)
-}
-
 // freePort returns a TCP port on 127.0.0.1 that is free now. Servers are
 // restarted on their port, so it is drawn below the kernel's ephemeral
 // range: an outgoing connection can never hold it while its server is
@@ -232,7 +208,7 @@ func startMinIO(t *testing.T) *minio {
 	if os.Getenv("RUN_MINIO_S3_TESTS") != "1" {
 		t.Skip("MinIO tests are disabled: set RUN_MINIO_S3_TESTS=1 to run them (`make test` does, installing the server into .tools/bin)")
 	}
-	bin, err := findBinary("minio")
+	bin, err := s3server.FindBinary("minio")
 	if err != nil {
 		t.Fatal(err)
 	}

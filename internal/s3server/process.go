@@ -32,9 +32,9 @@ const (
 	versitySecret = "fhirbucket-test-secret"
 )
 
-// findBinary looks for name in $PATH, then in <repo root>/.tools/bin, where
+// FindBinary looks for name in $PATH, then in <repo root>/.tools/bin, where
 // `make tools` installs the pinned versions.
-func findBinary(name string) (string, error) {
+func FindBinary(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
@@ -185,7 +185,7 @@ func (p *process) waitHTTP(ctx context.Context, url string, ok func(status int) 
 // port, trying again when the port was taken between choosing and binding
 // it. launch starts the process on addr and waits until it is ready.
 func start(ctx context.Context, kind string, launch func(ctx context.Context, bin, dir, addr string) (*Server, *process, error)) (*Server, func(), error) {
-	bin, err := findBinary(kind)
+	bin, err := FindBinary(kind)
 	if err != nil {
 		return nil, nil, err
 	}

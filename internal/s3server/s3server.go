@@ -154,7 +154,7 @@ func (s *Server) CreateBucket(ctx context.Context, name string) error {
 // version when it was built with `go install` (as
 // scripts/install-tools.sh does), else the first line of `name --version`.
 func ToolVersion(name string) (string, error) {
-	bin, err := findBinary(name)
+	bin, err := FindBinary(name)
 	if err != nil {
 		return "", err
 	}

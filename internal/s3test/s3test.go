@@ -227,13 +227,14 @@ func startVersityGW() (*Server, error) {
 }
 
 // NewClient returns a fresh s3store.Client (with its own request counters)
-// for the server.
+// for the server, closed by t.Cleanup.
 func (s *Server) NewClient(t testing.TB) *s3store.Client {
 	t.Helper()
 	c, err := s3store.New(t.Context(), s.Config())
 	if err != nil {
 		t.Fatalf("s3test: s3store.New: %v", err)
 	}
+	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 

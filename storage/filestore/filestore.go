@@ -103,7 +103,10 @@ type Bucket struct {
 	log   *slog.Logger
 }
 
-var _ storage.Bucket = (*Bucket)(nil)
+var (
+	_ storage.Bucket = (*Bucket)(nil)
+	_ io.Closer      = (*Bucket)(nil)
+)
 
 // Open opens the existing folder dir as a bucket. A missing dir, or one
 // that is not a folder, fails with an error wrapping
@@ -395,7 +398,7 @@ func (b *Bucket) writeTemp(ctx context.Context, body io.Reader, opts storage.Put
 		b.root.Remove(tmp)
 		return "", nil, err
 	}
-	n, err := io.Copy(f, ctxReader{ctx, body})
+	n, err := io.Copy(f, storage.ContextReader(ctx, body))
 	if err != nil {
 		return cleanup(err)
 	}
@@ -557,19 +560,6 @@ func (b *Bucket) Delete(ctx context.Context, key string) error {
 		}
 	}
 	return nil
-}
-
-// ctxReader stops a body copy as soon as ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // sortedEntries reads one folder and sorts it in key order: a folder

@@ -41,7 +41,14 @@ type object struct {
 	attrs storage.Attrs
 }
 
-var _ storage.Bucket = (*Bucket)(nil)
+var (
+	_ storage.Bucket = (*Bucket)(nil)
+	_ io.Closer      = (*Bucket)(nil)
+)
+
+// Close does nothing and returns nil: a memory bucket holds nothing to
+// release. It exists so that every driver is an io.Closer.
+func (b *Bucket) Close() error { return nil }
 
 // New returns an empty bucket.
 func New() *Bucket {
@@ -104,7 +111,7 @@ func (b *Bucket) Put(ctx context.Context, key string, body io.Reader, opts stora
 	if opts.Size > 0 {
 		buf.Grow(int(opts.Size))
 	}
-	if _, err := buf.ReadFrom(ctxReader{ctx, body}); err != nil {
+	if _, err := buf.ReadFrom(storage.ContextReader(ctx, body)); err != nil {
 		return storage.Attrs{}, fail("put", key, err)
 	}
 	if opts.Size > 0 && int64(buf.Len()) != opts.Size {
@@ -230,19 +237,6 @@ func lastEntry(page storage.ListPage) string {
 		}
 	}
 	return last
-}
-
-// ctxReader stops a body copy as soon as ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // errSize reports a body whose length differs from PutOptions.Size; the

@@ -123,24 +123,10 @@ func seekable(ctx context.Context, body io.Reader) (io.ReadSeeker, int64, error)
 		// Not really seekable (a pipe behind an *os.File): buffer it.
 	}
 	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(ctxReader{ctx, body}); err != nil {
+	if _, err := buf.ReadFrom(storage.ContextReader(ctx, body)); err != nil {
 		return nil, 0, err
 	}
 	return bytes.NewReader(buf.Bytes()), int64(buf.Len()), nil
-}
-
-// ctxReader stops reading a body once ctx is done, so a cancelled Put of a
-// body of unknown size does not first buffer all of it.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // noContentTypeMeta is the user-metadata key (x-amz-meta-…) marking an

@@ -27,9 +27,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,7 +54,10 @@ type Client struct {
 	s3      *s3.Client
 	observe func(op storage.Op, outcome string, d time.Duration)
 	n       [numOps]atomic.Int64
+	conns   connSet
 }
+
+var _ io.Closer = (*Client)(nil)
 
 // numOps is the number of storage.Op values counted (GET..DELETE).
 const numOps = int(storage.OpDelete) + 1
@@ -65,11 +70,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 
+	c := &Client{observe: cfg.Observe}
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
 		t.MaxIdleConns = 0 // no global cap; the per-host cap below is what matters
 		t.MaxIdleConnsPerHost = r.maxIdle
 		t.IdleConnTimeout = 90 * time.Second
-		t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		t.DialContext = c.conns.dialer(dialer.DialContext)
 		t.ForceAttemptHTTP2 = false // S3 speaks HTTP/1.1; h2 would multiplex every request on one connection
 	})
 
@@ -106,7 +113,6 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("s3store: loading AWS configuration: %w", err)
 	}
 
-	c := &Client{observe: cfg.Observe}
 	c.s3 = s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		o.UsePathStyle = r.pathStyle
 		if r.endpoint != "" {
@@ -124,6 +130,16 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		})
 	})
 	return c, nil
+}
+
+// Close closes every connection the client holds, idle in its keep-alive
+// pool or not: call it once no request of the client or of its buckets is
+// in flight. A request made after Close opens a new connection, so Close
+// is no guard against later use; it releases sockets, as a process
+// that creates clients (tests, benchmarks) must. It always returns nil.
+func (c *Client) Close() error {
+	c.conns.closeAll()
+	return nil
 }
 
 // Bucket returns the storage.Bucket for the named bucket. It does not check
@@ -244,4 +260,54 @@ func outcomeOf(ctx context.Context, md middleware.Metadata, err error) string {
 		return OutcomeServerError
 	}
 	return OutcomeClientError
+}
+
+// connSet tracks the open connections of a Client, so that Close can close
+// them: the SDK's HTTP client copies the transport it is given and offers
+// no way to reach the copy's idle pool.
+type connSet struct {
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{}
+}
+
+// dialer wraps dial so that every connection it opens is tracked until
+// closed.
+func (s *connSet) dialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: conn, set: s}
+		s.mu.Lock()
+		if s.conns == nil {
+			s.conns = map[*trackedConn]struct{}{}
+		}
+		s.conns[tc] = struct{}{}
+		s.mu.Unlock()
+		return tc, nil
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for tc := range conns {
+		_ = tc.Conn.Close()
+	}
+}
+
+// trackedConn leaves its connSet when closed.
+type trackedConn struct {
+	net.Conn
+	set *connSet
+}
+
+func (tc *trackedConn) Close() error {
+	tc.set.mu.Lock()
+	delete(tc.set.conns, tc)
+	tc.set.mu.Unlock()
+	return tc.Conn.Close()
 }

@@ -48,17 +48,14 @@ type Config struct {
 	// endpoint mode then DefaultEndpointRegion.
 	Region string
 	// EndpointURL is the base URL of an S3-compatible server
-	// ("http://127.0.0.1:9000"). Empty selects AWS mode. Setting name:
-	// endpoint_url.
+	// ("http://127.0.0.1:9000"). Empty selects AWS mode.
 	EndpointURL string
 	// ForcePathStyle selects path-style addressing (http://host/bucket/key)
 	// instead of virtual-hosted style (http://bucket.host/key). nil means
-	// true in endpoint mode and false in AWS mode. Setting name:
-	// force_path_style.
+	// true in endpoint mode and false in AWS mode.
 	ForcePathStyle *bool
 	// AllowHTTP permits an http:// EndpointURL. Without it only https:// is
 	// accepted, so credentials are never sent in clear text by accident.
-	// Setting name: allow_http.
 	AllowHTTP bool
 	// MaxAttempts is the number of attempts per request, retries included.
 	// 0 means DefaultMaxAttempts; 1 disables retries.
@@ -79,9 +76,34 @@ type Config struct {
 	Observe func(op storage.Op, outcome string, d time.Duration)
 }
 
-// ErrInvalidConfig is wrapped by every configuration error; the message
-// names the offending setting.
+// ErrInvalidConfig matches every configuration error (errors.Is); the
+// error is a *ConfigError naming the setting at fault.
 var ErrInvalidConfig = errors.New("s3store: invalid configuration")
+
+// ConfigError reports an unusable Config. Field is the name of the Config
+// field at fault ("EndpointURL", "Region", ...), so that a caller filling
+// Config from its own settings can name its setting (errors.As) without
+// reading the message. It matches ErrInvalidConfig with errors.Is.
+type ConfigError struct {
+	// Field is the Config field at fault: the one whose value is wrong, or
+	// the one to set when a combination of fields is refused.
+	Field string
+	// Err says what is wrong with it.
+	Err error
+}
+
+func (e *ConfigError) Error() string { return "s3store: invalid " + e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns the reason.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrInvalidConfig.
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// configErr returns a *ConfigError for field with a formatted reason.
+func configErr(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
+}
 
 // resolved is the validated, defaulted form of Config that New uses.
 type resolved struct {
@@ -94,7 +116,7 @@ type resolved struct {
 }
 
 // Validate reports whether c is usable, without any network access. The
-// error wraps ErrInvalidConfig and names the setting at fault.
+// error is a *ConfigError.
 func (c Config) Validate() error {
 	_, err := c.resolve(os.Getenv)
 	return err
@@ -108,17 +130,17 @@ func (c Config) resolve(getenv func(string) string) (resolved, error) {
 		r.region = strings.TrimSpace(getenv("AWS_REGION"))
 	}
 	if c.MaxAttempts < 0 {
-		return r, fmt.Errorf("%w: max_attempts must be >= 0, got %d", ErrInvalidConfig, c.MaxAttempts)
+		return r, configErr("MaxAttempts", "must be >= 0, got %d", c.MaxAttempts)
 	}
 	r.maxAttempts = c.MaxAttempts
 	if r.maxAttempts == 0 {
 		r.maxAttempts = DefaultMaxAttempts
 	}
 	if c.MaxIdleConnsPerHost < 0 {
-		return r, fmt.Errorf("%w: max_idle_conns_per_host must be >= 0, got %d", ErrInvalidConfig, c.MaxIdleConnsPerHost)
+		return r, configErr("MaxIdleConnsPerHost", "must be >= 0, got %d", c.MaxIdleConnsPerHost)
 	}
 	if c.MaxBackoff < 0 {
-		return r, fmt.Errorf("%w: max_backoff must be >= 0, got %s", ErrInvalidConfig, c.MaxBackoff)
+		return r, configErr("MaxBackoff", "must be >= 0, got %s", c.MaxBackoff)
 	}
 	r.maxBackoff = c.MaxBackoff
 	r.maxIdle = c.MaxIdleConnsPerHost
@@ -129,10 +151,10 @@ func (c Config) resolve(getenv func(string) string) (resolved, error) {
 	if c.EndpointURL == "" {
 		// AWS mode.
 		if c.AllowHTTP {
-			return r, fmt.Errorf("%w: allow_http only applies with endpoint_url; AWS S3 is reached over https only", ErrInvalidConfig)
+			return r, configErr("AllowHTTP", "only applies with an endpoint URL; AWS S3 is reached over https only")
 		}
 		if r.region == "" {
-			return r, fmt.Errorf("%w: region is required in AWS mode: set region (or the AWS_REGION environment variable), or set endpoint_url for an S3-compatible server", ErrInvalidConfig)
+			return r, configErr("Region", "required in AWS mode (or the AWS_REGION environment variable); an endpoint URL selects an S3-compatible server instead")
 		}
 		if c.ForcePathStyle != nil {
 			r.pathStyle = *c.ForcePathStyle
@@ -142,23 +164,23 @@ func (c Config) resolve(getenv func(string) string) (resolved, error) {
 
 	u, err := url.Parse(c.EndpointURL)
 	if err != nil {
-		return r, fmt.Errorf("%w: endpoint_url %q is not a URL: %v", ErrInvalidConfig, c.EndpointURL, err)
+		return r, configErr("EndpointURL", "%q is not a URL: %w", c.EndpointURL, err)
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return r, fmt.Errorf("%w: endpoint_url %q must start with http:// or https://", ErrInvalidConfig, c.EndpointURL)
+		return r, configErr("EndpointURL", "%q must start with http:// or https://", c.EndpointURL)
 	case u.Host == "" || u.Hostname() == "":
-		return r, fmt.Errorf("%w: endpoint_url %q has no host", ErrInvalidConfig, c.EndpointURL)
+		return r, configErr("EndpointURL", "%q has no host", c.EndpointURL)
 	case u.User != nil:
-		return r, fmt.Errorf("%w: endpoint_url must not contain credentials; use the standard AWS credential settings", ErrInvalidConfig)
+		return r, configErr("EndpointURL", "must not contain credentials; use the standard AWS credential settings")
 	case u.RawQuery != "" || u.Fragment != "":
-		return r, fmt.Errorf("%w: endpoint_url %q must not have a query or fragment", ErrInvalidConfig, c.EndpointURL)
+		return r, configErr("EndpointURL", "%q must not have a query or fragment", c.EndpointURL)
 	case u.Scheme == "http" && !c.AllowHTTP:
-		return r, fmt.Errorf("%w: endpoint_url %q uses plain http; set allow_http to permit it", ErrInvalidConfig, c.EndpointURL)
+		return r, configErr("AllowHTTP", "not set, and the endpoint URL %q uses plain http: set it to permit that", c.EndpointURL)
 	}
 	if p := u.Port(); p != "" {
 		if n, err := parsePort(p); err != nil || n == 0 {
-			return r, fmt.Errorf("%w: endpoint_url %q has an invalid port", ErrInvalidConfig, c.EndpointURL)
+			return r, configErr("EndpointURL", "%q has an invalid port", c.EndpointURL)
 		}
 	}
 	r.endpoint = strings.TrimSuffix(u.String(), "/")

@@ -13,7 +13,7 @@ func TestConfigResolve(t *testing.T) {
 		name      string
 		cfg       Config
 		awsRegion string // AWS_REGION
-		wantErr   string // substring naming the setting; "" means valid
+		wantErr   string // ConfigError.Field; "" means valid
 		want      resolved
 	}{
 		{"aws with region", Config{Region: "eu-west-1"}, "", "",
@@ -22,10 +22,10 @@ func TestConfigResolve(t *testing.T) {
 			resolved{region: "ap-south-1"}},
 		{"aws explicit region wins over env", Config{Region: "eu-west-1"}, "ap-south-1", "",
 			resolved{region: "eu-west-1"}},
-		{"aws without region", Config{}, "", "region", resolved{}},
+		{"aws without region", Config{}, "", "Region", resolved{}},
 		{"aws path style on request", Config{Region: "eu-west-1", ForcePathStyle: &yes}, "", "",
 			resolved{region: "eu-west-1", pathStyle: true}},
-		{"aws rejects allow_http", Config{Region: "eu-west-1", AllowHTTP: true}, "", "allow_http", resolved{}},
+		{"aws rejects allow_http", Config{Region: "eu-west-1", AllowHTTP: true}, "", "AllowHTTP", resolved{}},
 		{"endpoint https defaults", Config{EndpointURL: "https://s3.example.com"}, "", "",
 			resolved{region: "us-east-1", endpoint: "https://s3.example.com", pathStyle: true}},
 		{"endpoint region from env", Config{EndpointURL: "https://s3.example.com:9000/"}, "eu-central-1", "",
@@ -34,19 +34,19 @@ func TestConfigResolve(t *testing.T) {
 			resolved{region: "us-east-1", endpoint: "https://s3.example.com", pathStyle: false}},
 		{"endpoint http allowed", Config{EndpointURL: "http://127.0.0.1:9000", AllowHTTP: true}, "", "",
 			resolved{region: "us-east-1", endpoint: "http://127.0.0.1:9000", pathStyle: true}},
-		{"endpoint http refused", Config{EndpointURL: "http://127.0.0.1:9000"}, "", "allow_http", resolved{}},
-		{"endpoint blank", Config{EndpointURL: "   "}, "", "endpoint_url", resolved{}},
-		{"endpoint no scheme", Config{EndpointURL: "127.0.0.1:9000"}, "", "endpoint_url", resolved{}},
-		{"endpoint host only", Config{EndpointURL: "minio.local"}, "", "endpoint_url", resolved{}},
-		{"endpoint ftp", Config{EndpointURL: "ftp://minio.local"}, "", "endpoint_url", resolved{}},
-		{"endpoint without host", Config{EndpointURL: "https://"}, "", "endpoint_url", resolved{}},
-		{"endpoint port only", Config{EndpointURL: "https://:9000"}, "", "endpoint_url", resolved{}},
-		{"endpoint garbage", Config{EndpointURL: "ht!tp://%zz"}, "", "endpoint_url", resolved{}},
-		{"endpoint bad port", Config{EndpointURL: "https://minio.local:99999"}, "", "endpoint_url", resolved{}},
-		{"endpoint with credentials", Config{EndpointURL: "https://user:pw@minio.local"}, "", "endpoint_url", resolved{}},
-		{"endpoint with query", Config{EndpointURL: "https://minio.local/?x=1"}, "", "endpoint_url", resolved{}},
-		{"negative attempts", Config{Region: "eu-west-1", MaxAttempts: -1}, "", "max_attempts", resolved{}},
-		{"negative pool", Config{Region: "eu-west-1", MaxIdleConnsPerHost: -1}, "", "max_idle_conns_per_host", resolved{}},
+		{"endpoint http refused", Config{EndpointURL: "http://127.0.0.1:9000"}, "", "AllowHTTP", resolved{}},
+		{"endpoint blank", Config{EndpointURL: "   "}, "", "EndpointURL", resolved{}},
+		{"endpoint no scheme", Config{EndpointURL: "127.0.0.1:9000"}, "", "EndpointURL", resolved{}},
+		{"endpoint host only", Config{EndpointURL: "minio.local"}, "", "EndpointURL", resolved{}},
+		{"endpoint ftp", Config{EndpointURL: "ftp://minio.local"}, "", "EndpointURL", resolved{}},
+		{"endpoint without host", Config{EndpointURL: "https://"}, "", "EndpointURL", resolved{}},
+		{"endpoint port only", Config{EndpointURL: "https://:9000"}, "", "EndpointURL", resolved{}},
+		{"endpoint garbage", Config{EndpointURL: "ht!tp://%zz"}, "", "EndpointURL", resolved{}},
+		{"endpoint bad port", Config{EndpointURL: "https://minio.local:99999"}, "", "EndpointURL", resolved{}},
+		{"endpoint with credentials", Config{EndpointURL: "https://user:pw@minio.local"}, "", "EndpointURL", resolved{}},
+		{"endpoint with query", Config{EndpointURL: "https://minio.local/?x=1"}, "", "EndpointURL", resolved{}},
+		{"negative attempts", Config{Region: "eu-west-1", MaxAttempts: -1}, "", "MaxAttempts", resolved{}},
+		{"negative pool", Config{Region: "eu-west-1", MaxIdleConnsPerHost: -1}, "", "MaxIdleConnsPerHost", resolved{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -57,8 +57,12 @@ func TestConfigResolve(t *testing.T) {
 				return ""
 			})
 			if tc.wantErr != "" {
-				if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want ErrInvalidConfig naming %q", err, tc.wantErr)
+				var ce *ConfigError
+				if !errors.As(err, &ce) || ce.Field != tc.wantErr || !errors.Is(err, ErrInvalidConfig) {
+					t.Fatalf("error %v, want a *ConfigError for %s matching ErrInvalidConfig", err, tc.wantErr)
+				}
+				if !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("error %q does not name %s", err, tc.wantErr)
 				}
 				return
 			}
@@ -75,8 +79,8 @@ func TestConfigResolve(t *testing.T) {
 	}
 }
 
-// FuzzEndpointURL checks that any endpoint_url either fails with
-// ErrInvalidConfig or resolves to an absolute http(s) URL with a host.
+// FuzzEndpointURL checks that any EndpointURL either fails with a
+// *ConfigError or resolves to an absolute http(s) URL with a host.
 func FuzzEndpointURL(f *testing.F) {
 	for _, s := range []string{"http://127.0.0.1:9000", "https://s3.example.com/", "minio:9000", "https://", "http://[::1]:9000", "https://a:b@c", "HTTP://X", "http://x:0", "%", ""} {
 		f.Add(s, true)
@@ -84,8 +88,9 @@ func FuzzEndpointURL(f *testing.F) {
 	f.Fuzz(func(t *testing.T, endpoint string, allowHTTP bool) {
 		r, err := Config{EndpointURL: endpoint, AllowHTTP: allowHTTP}.resolve(func(string) string { return "" })
 		if err != nil {
-			if !errors.Is(err, ErrInvalidConfig) {
-				t.Fatalf("error %v does not wrap ErrInvalidConfig", err)
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("error %v is not a *ConfigError matching ErrInvalidConfig", err)
 			}
 			return
 		}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -464,5 +465,47 @@ func TestWireStartAfterInsidePrefix(t *testing.T) {
 				t.Errorf("listing query %v, want start-after %q max-keys %s", main, wantAfter, tc.wantMainMax)
 			}
 		})
+	}
+}
+
+// TestWireClose: Close closes the keep-alive connections the client left
+// open, and a later request dials again.
+func TestWireClose(t *testing.T) {
+	var open atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"e"`)
+		w.Header().Set("Content-Length", "0")
+		w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c := newWireClient(t, srv.URL, nil)
+	b := c.Bucket("bkt")
+	if _, err := b.Stat(t.Context(), "k"); err != nil {
+		t.Fatalf("Stat: %v", err)
+	}
+	if open.Load() != 1 {
+		t.Fatalf("%d open connections after one request, want 1 kept alive", open.Load())
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for open.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := open.Load(); n != 0 {
+		t.Fatalf("%d connections still open after Close", n)
+	}
+	if _, err := b.Stat(t.Context(), "k"); err != nil {
+		t.Fatalf("Stat after Close: %v", err)
 	}
 }
