@@ -2,7 +2,7 @@
 // that routes requests on the standard net/http mux, negotiates content
 // (JSON only), selects the tenant, calls the resource store, and turns
 // every error into an OperationOutcome and an HTTP status in one place
-// (errors.go).
+// (errors.go, over the table of package outcome).
 //
 // Decisions a client can observe are documented in docs/http-api.md.
 package server
@@ -22,6 +22,7 @@ import (
 	"fhirbucket/auth"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/outcome"
 )
 
 // Store is the part of the resource store the server calls.
@@ -351,7 +352,7 @@ func (s *Server) serveFHIR(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		if len(segs) == 0 {
-			err = httpErrorf(http.StatusNotFound, "not-found", "tenant routing is by path: request URLs start with /{tenant}/ below the base, e.g. /default/Patient")
+			err = outcome.Errorf(http.StatusNotFound, "not-found", "tenant routing is by path: request URLs start with /{tenant}/ below the base, e.g. /default/Patient")
 			break
 		}
 		ri.tenant, tenantInURL = segs[0], true
@@ -405,11 +406,11 @@ func (s *Server) serveFHIR(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(rec, r2)
 		if rec.code == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", rec.h.Get("Allow"))
-			s.writeError(w, r, httpErrorf(http.StatusMethodNotAllowed, "not-supported",
+			s.writeError(w, r, outcome.Errorf(http.StatusMethodNotAllowed, "not-supported",
 				"method %s is not allowed on %s; allowed: %s", r.Method, u.Path, rec.h.Get("Allow")))
 			return
 		}
-		s.writeError(w, r, httpErrorf(http.StatusNotFound, "not-found", "no FHIR interaction at %s %s", r.Method, u.Path))
+		s.writeError(w, r, outcome.Errorf(http.StatusNotFound, "not-found", "no FHIR interaction at %s %s", r.Method, u.Path))
 		return
 	}
 	// ServeHTTP (not h) so that the mux sets the path values.
@@ -429,7 +430,7 @@ func (s *Server) splitPath(r *http.Request) ([]string, error) {
 		case strings.HasPrefix(p, s.basePath+"/"):
 			p = p[len(s.basePath):]
 		default:
-			return nil, httpErrorf(http.StatusNotFound, "not-found", "the FHIR base is %s/", s.basePath)
+			return nil, outcome.Errorf(http.StatusNotFound, "not-found", "the FHIR base is %s/", s.basePath)
 		}
 	}
 	p = strings.TrimPrefix(p, "/")
@@ -441,11 +442,11 @@ func (s *Server) splitPath(r *http.Request) ([]string, error) {
 	for raw := range strings.SplitSeq(p, "/") {
 		seg, err := url.PathUnescape(raw)
 		if err != nil {
-			return nil, httpErrorf(http.StatusBadRequest, "invalid", "path segment %q is not valid percent-encoding", raw)
+			return nil, outcome.Errorf(http.StatusBadRequest, "invalid", "path segment %q is not valid percent-encoding", raw)
 		}
 		switch seg {
 		case "", ".", "..":
-			return nil, httpErrorf(http.StatusBadRequest, "invalid", "path segment %q is not allowed in a FHIR URL", seg)
+			return nil, outcome.Errorf(http.StatusBadRequest, "invalid", "path segment %q is not allowed in a FHIR URL", seg)
 		}
 		segs = append(segs, seg)
 	}
@@ -461,7 +462,7 @@ func (s *Server) headerTenant(r *http.Request) error {
 		info(r).tenant = strings.TrimSpace(vals[0])
 		return nil
 	}
-	return httpErrorf(http.StatusBadRequest, "invalid", "the %s header is given %d times; give it once", TenantHeaderName, len(vals))
+	return outcome.Errorf(http.StatusBadRequest, "invalid", "the %s header is given %d times; give it once", TenantHeaderName, len(vals))
 }
 
 // isFHIRRootSegment reports whether seg can start a FHIR path at the base

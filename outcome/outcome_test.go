@@ -1,0 +1,136 @@
+package outcome
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"fhirbucket/auth"
+	"fhirbucket/fhir"
+	"fhirbucket/fhirstore"
+	"fhirbucket/storage"
+)
+
+// TestTable checks every row of the table as callers meet the errors:
+// wrapped. Each row must be the one that answers its own target (a row
+// shadowed by an earlier one would be dead), and the result must say what
+// the row says.
+func TestTable(t *testing.T) {
+	if len(table) == 0 {
+		t.Fatal("empty table")
+	}
+	for i, row := range table {
+		t.Run(row.Target.Error(), func(t *testing.T) {
+			err := fmt.Errorf("doing something with secret/key: %w", row.Target)
+			r := Classify(err)
+			if r.Status != row.Status || r.Code != row.Code || r.Severity != row.Severity {
+				t.Errorf("row %d: Classify = %d %s %s, want %d %s %s (an earlier row shadows it?)",
+					i, r.Status, r.Code, r.Severity, row.Status, row.Code, row.Severity)
+			}
+			wantDiag := err.Error()
+			if row.Generic != "" {
+				wantDiag = row.Generic
+			}
+			if r.Diagnostics != wantDiag {
+				t.Errorf("diagnostics %q, want %q", r.Diagnostics, wantDiag)
+			}
+			if internal := row.Status >= 500 && row.Status != http.StatusNotImplemented; r.Internal != internal {
+				t.Errorf("Internal = %v, want %v", r.Internal, internal)
+			}
+			if r.Internal && row.Generic == "" {
+				t.Errorf("an internal row without generic diagnostics would show %q to clients", err)
+			}
+			status, oo := Of(err)
+			if status != row.Status || len(oo.Issue) != 1 || oo.Issue[0].Code != row.Code || oo.ResourceType != "OperationOutcome" {
+				t.Errorf("Of = %d %+v", status, oo)
+			}
+		})
+	}
+}
+
+// TestClassify covers what is not a row: the statuses clients depend on,
+// named once more here so that a changed row is a visible decision.
+func TestClassify(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("fhirstore: doing something: %w", err) }
+	cases := []struct {
+		name     string
+		err      error
+		status   int
+		code     string
+		internal bool
+	}{
+		{"unauthenticated", fmt.Errorf("%w: no bearer token", auth.ErrUnauthenticated), 401, "login", false},
+		{"forbidden", fmt.Errorf("%w: token %q may not use tenant %q", auth.ErrForbidden, "x", "b"), 403, "forbidden", false},
+		{"too large", wrap(fhir.ErrTooLarge), 413, "too-costly", false},
+		{"body limit", &http.MaxBytesError{Limit: 10}, 413, "too-costly", false},
+		{"fhir invalid", wrap(fhir.ErrInvalid), 400, "invalid", false},
+		{"store invalid", wrap(fhirstore.ErrInvalid), 400, "invalid", false},
+		{"tenant", wrap(fhirstore.ErrInvalidTenant), 400, "invalid", false},
+		{"not found", wrap(fhirstore.ErrNotFound), 404, "not-found", false},
+		{"gone", wrap(fhirstore.ErrGone), 410, "deleted", false},
+		{"version conflict", wrap(fhirstore.ErrVersionConflict), 409, "conflict", false},
+		{"precondition", wrap(fhirstore.ErrPreconditionFailed), 412, "conflict", false},
+		{"not supported", wrap(fhirstore.ErrNotSupported), 501, "not-supported", false},
+		{"storage conflict", wrap(&storage.Error{Op: "put", Key: "k", Err: storage.ErrConflict}), 409, "conflict", false},
+		{"unavailable", wrap(&storage.Error{Op: "get", Key: "secret/key", Err: storage.ErrUnavailable}), 503, "transient", true},
+		{"invalid key", wrap(storage.ErrInvalidKey), 400, "invalid", false},
+		{"server decision", Errorf(406, "not-supported", "no %s", "xml"), 406, "not-supported", false},
+		{"server decision 5xx", Errorf(503, "transient", "later"), 503, "transient", false},
+		{"anything else", errors.New("disk on fire at /secret/path"), 500, "exception", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := Classify(c.err)
+			if r.Status != c.status || r.Code != c.code || r.Internal != c.internal || r.Severity != fhir.SeverityError {
+				t.Errorf("Classify = %+v, want %d %s internal=%v", r, c.status, c.code, c.internal)
+			}
+			if r.Internal && (strings.Contains(r.Diagnostics, "secret") || strings.Contains(r.Diagnostics, "fire")) {
+				t.Errorf("internal detail in diagnostics: %q", r.Diagnostics)
+			}
+		})
+	}
+	if r := Classify(&http.MaxBytesError{Limit: 10}); r.Diagnostics != "the request body is larger than the limit of 10 bytes" {
+		t.Errorf("body limit diagnostics %q", r.Diagnostics)
+	}
+}
+
+// TestValidationIssues: a validation error answers one issue for the
+// error, then one per finding, with its path as the expression.
+func TestValidationIssues(t *testing.T) {
+	err := fmt.Errorf("%w: %w", fhirstore.ErrInvalid, &fhir.ValidationError{Issues: []fhir.Issue{
+		{Code: "value", Path: "Patient.birthDate", Message: "not a date"},
+		{Path: "Patient.foo", Message: "unknown element"},
+	}})
+	status, oo := Of(err)
+	if status != 400 {
+		t.Fatalf("status %d", status)
+	}
+	data, jerr := json.Marshal(oo)
+	if jerr != nil {
+		t.Fatal(jerr)
+	}
+	want := `{"resourceType":"OperationOutcome","issue":[` +
+		`{"severity":"error","code":"invalid","diagnostics":` + mustJSON(t, err.Error()) + `},` +
+		`{"severity":"error","code":"value","diagnostics":"not a date","expression":["Patient.birthDate"]},` +
+		`{"severity":"error","code":"invalid","diagnostics":"unknown element","expression":["Patient.foo"]}]}`
+	if string(data) != want {
+		t.Errorf("outcome\n got %s\nwant %s", data, want)
+	}
+
+	// Without findings, only the first issue.
+	if _, oo := Of(fmt.Errorf("%w: %w", fhirstore.ErrInvalid, &fhir.ValidationError{})); len(oo.Issue) != 1 {
+		t.Errorf("empty validation error: %d issues", len(oo.Issue))
+	}
+}
+
+func mustJSON(t *testing.T, s string) string {
+	t.Helper()
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
