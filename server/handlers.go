@@ -273,12 +273,18 @@ func (s *Server) postInstance(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, checkID(typ, id))
 		return
 	}
-	if id == "_search" {
-		s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "search by POST is not supported; use GET /%s?…", typ))
-		return
-	}
 	w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
 	s.writeError(w, r, outcome.Errorf(http.StatusMethodNotAllowed, "not-supported", "POST is not allowed on %s/%s: create with POST /%s, update with PUT", typ, id, typ))
+}
+
+// searchByPost answers POST /{type}/_search.
+func (s *Server) searchByPost(w http.ResponseWriter, r *http.Request) {
+	typ := r.PathValue("type")
+	if err := checkType(typ); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "search by POST is not supported; use GET /%s?…", typ))
 }
 
 // conditionalWrite answers PUT and DELETE on a type: conditional update and
