@@ -136,15 +136,11 @@ func startServer(st server.Store, maxConc int) (*fhirClient, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cls, err := metrics.NewClassifier("", metrics.RoutingHeader)
-	if err != nil {
-		return nil, nil, err
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}
-	srv := &http.Server{Handler: m.WithEndpoint(m.Middleware(cls.Interaction, h)), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: m.WithEndpoint(m.Middleware(h)), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	tr := &http.Transport{
 		// One idle connection per worker: without it every burst would

@@ -2,50 +2,61 @@ package metrics_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"testing"
 
+	"fhirbucket/auth"
 	"fhirbucket/metrics"
+	"fhirbucket/server"
 )
 
-// FuzzInteraction feeds arbitrary methods and paths to the classifier: it
-// must never panic and must always answer one of the bounded label values,
-// whatever a client sends.
+// FuzzInteraction sends arbitrary methods and paths through the metrics
+// middleware to the FHIR handler in every tenant routing, with and without
+// a base path: nothing panics, and every request is counted under one of
+// the bounded label values (a route's label, operation, health, metrics,
+// other), whatever a client sends.
 func FuzzInteraction(f *testing.F) {
 	for _, seed := range []struct{ method, path string }{
 		{"GET", "/Patient/1"}, {"GET", "/acme/Patient/1/_history/2"}, {"POST", "/"}, {"PUT", "/Patient"},
 		{"GET", "/fhir/metadata"}, {"GET", "//"}, {"DELETE", "/Patient/%2F"}, {"BREW", "/$everything"},
-		{"GET", "/Patient/1/_history/2/3/4"}, {"GET", "/metrics"}, {"HEAD", "/fhir"},
+		{"GET", "/Patient/1/_history/2/3/4"}, {"POST", "/metrics"}, {"HEAD", "/fhir"},
 	} {
 		f.Add(seed.method, seed.path)
 	}
-	valid := map[string]bool{}
-	for _, v := range []string{
-		metrics.InteractionRead, metrics.InteractionVRead, metrics.InteractionUpdate, metrics.InteractionConditionalUpd,
-		metrics.InteractionDelete, metrics.InteractionConditionalDel, metrics.InteractionCreate,
-		metrics.InteractionHistoryInstance, metrics.InteractionHistoryType, metrics.InteractionHistorySystem,
-		metrics.InteractionSearchType, metrics.InteractionSearchSystem, metrics.InteractionBatch,
-		metrics.InteractionCapabilities, metrics.InteractionOperation, metrics.InteractionHealth,
-		metrics.InteractionMetrics, metrics.InteractionOther,
-	} {
-		valid[v] = true
+	m := metrics.New(metrics.Options{})
+	var handlers []http.Handler
+	valid := map[string]bool{
+		string(auth.Operation): true, "health": true, metrics.InteractionMetrics: true, metrics.InteractionOther: true,
 	}
-	var classifiers []*metrics.Classifier
 	for _, base := range []string{"", "/fhir"} {
-		for _, routing := range []string{metrics.RoutingHeader, metrics.RoutingPath, metrics.RoutingBoth} {
-			c, err := metrics.NewClassifier(base, routing)
-			if err != nil {
-				f.Fatal(err)
+		for _, routing := range []server.TenantRouting{server.TenantHeader, server.TenantPath, server.TenantBoth} {
+			h := fhirHandler(f, server.Config{BasePath: base, TenantRouting: routing})
+			for _, rt := range h.Routes() {
+				valid[rt.Label] = true
 			}
-			classifiers = append(classifiers, c)
+			handlers = append(handlers, m.Middleware(h))
 		}
 	}
 	f.Fuzz(func(t *testing.T, method, path string) {
-		u := &url.URL{Path: path}
-		r := &http.Request{Method: method, URL: u}
-		for _, c := range classifiers {
-			if got := c.Interaction(r); !valid[got] {
-				t.Fatalf("Interaction(%q %q) = %q, not a label value", method, path, got)
+		for _, h := range handlers {
+			r := &http.Request{Method: method, URL: &url.URL{Path: path}, Header: http.Header{}, Body: http.NoBody, Host: "h"}
+			h.ServeHTTP(httptest.NewRecorder(), r)
+		}
+		fams, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fam := range fams {
+			if fam.GetName() != "fhirbucket_http_requests_total" {
+				continue
+			}
+			for _, s := range fam.GetMetric() {
+				for _, l := range s.GetLabel() {
+					if l.GetName() == "interaction" && !valid[l.GetValue()] {
+						t.Fatalf("%q %q counted under %q, not a label value", method, path, l.GetValue())
+					}
+				}
 			}
 		}
 	})

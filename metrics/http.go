@@ -1,174 +1,39 @@
 package metrics
 
 import (
-	"fmt"
+	"context"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
-
-	"fhirbucket/fhir"
 )
 
-// Interaction names, the values of the "interaction" label. They follow
-// the FHIR RESTful API's names.
+// Values of the "interaction" label that this package sets itself. Every
+// other value is named by the handler through SetInteraction: the server
+// names the FHIR RESTful interaction of the route a request matched.
 const (
-	InteractionRead            = "read"
-	InteractionVRead           = "vread"
-	InteractionUpdate          = "update"
-	InteractionConditionalUpd  = "conditional-update"
-	InteractionDelete          = "delete"
-	InteractionConditionalDel  = "conditional-delete"
-	InteractionCreate          = "create"
-	InteractionHistoryInstance = "history-instance"
-	InteractionHistoryType     = "history-type"
-	InteractionHistorySystem   = "history-system"
-	InteractionSearchType      = "search-type"
-	InteractionSearchSystem    = "search-system"
-	InteractionBatch           = "batch" // batch or transaction: the same endpoint
-	InteractionCapabilities    = "capabilities"
-	InteractionOperation       = "operation"
-	InteractionHealth          = "health"
-	InteractionMetrics         = "metrics"
-	InteractionOther           = "other" // anything that is no FHIR interaction (answered 4xx)
+	// InteractionOther labels a request no handler named: anything that is
+	// no FHIR interaction (answered 4xx).
+	InteractionOther = "other"
+	// InteractionMetrics labels requests to the /metrics path that
+	// WithEndpoint does not serve (other methods than GET and HEAD).
+	InteractionMetrics = "metrics"
 )
 
-// Tenant routing modes for Classifier, as the server's tenant-routing
-// setting names them.
-const (
-	RoutingHeader = "header"
-	RoutingPath   = "path"
-	RoutingBoth   = "both"
-)
+// endpointPath is where WithEndpoint serves the registry.
+const endpointPath = "/metrics"
 
-// Classifier names the FHIR interaction of a request from its method and
-// URL path alone, following the server's routes. It must know where the
-// FHIR base is and whether a tenant segment precedes it.
-type Classifier struct {
-	basePath string // "" or "/seg/…"
-	routing  string
-}
+// interactionKey is the context key of the *string that SetInteraction
+// fills in for Middleware.
+type interactionKey struct{}
 
-// NewClassifier returns the classifier for a server with the given base
-// path ("" for the root, "/fhir", …) and tenant routing (RoutingHeader,
-// RoutingPath, RoutingBoth).
-func NewClassifier(basePath, routing string) (*Classifier, error) {
-	switch routing {
-	case RoutingHeader, RoutingPath, RoutingBoth:
-	default:
-		return nil, fmt.Errorf("metrics: tenant routing %q: want header, path or both", routing)
+// SetInteraction names the interaction of the request whose context is
+// ctx (or a context derived from it) for the labels of Middleware. The
+// value must come from a small fixed set: it becomes a label value. The
+// last call wins; outside Middleware it does nothing.
+func SetInteraction(ctx context.Context, interaction string) {
+	if p, ok := ctx.Value(interactionKey{}).(*string); ok {
+		*p = interaction
 	}
-	bp := strings.Trim(basePath, "/")
-	if bp != "" {
-		bp = "/" + bp
-	}
-	return &Classifier{basePath: bp, routing: routing}, nil
-}
-
-// Interaction returns the interaction label of r (one of the Interaction*
-// constants). Paths are split on the escaped form, so an encoded "/" in
-// an id cannot add a segment.
-func (c *Classifier) Interaction(r *http.Request) string {
-	p := r.URL.EscapedPath()
-	switch p {
-	case "/healthz", "/readyz":
-		return InteractionHealth
-	case "/metrics":
-		return InteractionMetrics
-	}
-	if c.basePath != "" {
-		switch {
-		case p == c.basePath:
-			p = "/"
-		case strings.HasPrefix(p, c.basePath+"/"):
-			p = p[len(c.basePath):]
-		default:
-			return InteractionOther
-		}
-	}
-	p = strings.Trim(p, "/")
-	var segs []string
-	if p != "" {
-		segs = strings.Split(p, "/")
-	}
-	switch c.routing {
-	case RoutingPath:
-		if len(segs) == 1 && segs[0] == "metadata" {
-			break
-		}
-		if len(segs) == 0 {
-			return InteractionOther
-		}
-		segs = segs[1:]
-	case RoutingBoth:
-		if len(segs) > 0 && !rootSegment(segs[0]) {
-			segs = segs[1:]
-		}
-	}
-	return interaction(r.Method, segs)
-}
-
-func rootSegment(s string) bool {
-	return fhir.IsResourceType(s) || s == "metadata" || s == "_history" || strings.HasPrefix(s, "$")
-}
-
-// interaction maps method and the path segments below the tenant's FHIR
-// base to an interaction, mirroring server.routes.
-func interaction(method string, segs []string) string {
-	get := method == http.MethodGet || method == http.MethodHead
-	for _, s := range segs {
-		if strings.HasPrefix(s, "$") {
-			return InteractionOperation
-		}
-	}
-	switch len(segs) {
-	case 0:
-		switch {
-		case get:
-			return InteractionSearchSystem
-		case method == http.MethodPost:
-			return InteractionBatch
-		}
-	case 1:
-		switch {
-		case segs[0] == "metadata" && get:
-			return InteractionCapabilities
-		case segs[0] == "_history" && get:
-			return InteractionHistorySystem
-		case !fhir.IsResourceType(segs[0]):
-		case get:
-			return InteractionSearchType
-		case method == http.MethodPost:
-			return InteractionCreate
-		case method == http.MethodPut:
-			return InteractionConditionalUpd
-		case method == http.MethodDelete:
-			return InteractionConditionalDel
-		}
-	case 2:
-		switch {
-		case !fhir.IsResourceType(segs[0]):
-		case segs[1] == "_history" && get:
-			return InteractionHistoryType
-		case segs[1] == "_search" && method == http.MethodPost:
-			return InteractionSearchType
-		case get:
-			return InteractionRead
-		case method == http.MethodPut:
-			return InteractionUpdate
-		case method == http.MethodDelete:
-			return InteractionDelete
-		}
-	case 3:
-		if fhir.IsResourceType(segs[0]) && segs[2] == "_history" && get {
-			return InteractionHistoryInstance
-		}
-	case 4:
-		if fhir.IsResourceType(segs[0]) && segs[2] == "_history" && get {
-			return InteractionVRead
-		}
-	}
-	return InteractionOther
 }
 
 // methodLabel keeps the method label bounded: unknown methods collapse.
@@ -183,11 +48,13 @@ func methodLabel(m string) string {
 
 // Middleware wraps next so that every request is counted in
 // fhirbucket_http_requests_total and timed in
-// fhirbucket_http_request_duration_seconds under the interaction that
-// interactionOf names (for example Classifier.Interaction).
-func (m *Metrics) Middleware(interactionOf func(*http.Request) string, next http.Handler) http.Handler {
+// fhirbucket_http_request_duration_seconds under the interaction that next
+// names with SetInteraction (InteractionOther when it names none).
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		interaction := new(string)
+		r = r.WithContext(context.WithValue(r.Context(), interactionKey{}, interaction))
 		m.httpInFlight.Inc()
 		rec := &recorder{ResponseWriter: w}
 		completed := false
@@ -201,7 +68,13 @@ func (m *Metrics) Middleware(interactionOf func(*http.Request) string, next http
 			case code == 0:
 				code = http.StatusOK // nothing written: net/http sends 200
 			}
-			in := interactionOf(r)
+			in := *interaction
+			switch {
+			case r.URL.Path == endpointPath:
+				in = InteractionMetrics
+			case in == "":
+				in = InteractionOther
+			}
 			m.httpRequests.WithLabelValues(in, methodLabel(r.Method), strconv.Itoa(code)).Inc()
 			m.httpDuration.WithLabelValues(in).Observe(time.Since(start).Seconds())
 		}()
@@ -217,7 +90,7 @@ func (m *Metrics) Middleware(interactionOf func(*http.Request) string, next http
 func (m *Metrics) WithEndpoint(next http.Handler) http.Handler {
 	h := m.Handler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/metrics" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		if r.URL.Path == endpointPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 			h.ServeHTTP(w, r)
 			return
 		}

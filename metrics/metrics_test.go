@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"fhirbucket/auth"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 	"fhirbucket/metrics"
@@ -50,7 +52,7 @@ func newServer(t *testing.T) (*httptest.Server, *failPointer) {
 	t.Helper()
 	m := metrics.New(metrics.Options{ProcessCollectors: true})
 	fp := &failPointer{Bucket: memstore.New()}
-	v, err := fhir.NewValidator(fhir.ValidatorOptions{})
+	v, err := loadValidator()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,11 +67,7 @@ func newServer(t *testing.T) (*httptest.Server, *failPointer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cls, err := metrics.NewClassifier("", metrics.RoutingHeader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(m.WithEndpoint(m.Middleware(cls.Interaction, h)))
+	srv := httptest.NewServer(m.WithEndpoint(m.Middleware(h)))
 	t.Cleanup(srv.Close)
 	return srv, fp
 }
@@ -254,6 +252,60 @@ func TestScrapeAfterFHIRRequests(t *testing.T) {
 	}
 }
 
+// labelOf sends one request through the metrics middleware to h and
+// returns the interaction label it was counted under.
+func labelOf(t *testing.T, h http.Handler, r *http.Request) string {
+	t.Helper()
+	m := metrics.New(metrics.Options{})
+	m.Middleware(h).ServeHTTP(httptest.NewRecorder(), r)
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var labels []string
+	for _, f := range fams {
+		if f.GetName() != "fhirbucket_http_requests_total" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "interaction" {
+					labels = append(labels, l.GetValue())
+				}
+			}
+		}
+	}
+	if len(labels) != 1 {
+		t.Fatalf("%s %s: counted under %q, want one interaction", r.Method, r.URL, labels)
+	}
+	return labels[0]
+}
+
+// loadValidator loads the schema validator once per test binary.
+var loadValidator = sync.OnceValues(func() (*fhir.Validator, error) { return fhir.NewValidator(fhir.ValidatorOptions{}) })
+
+// fhirHandler is the FHIR handler over an empty store.
+func fhirHandler(t testing.TB, cfg server.Config) *server.Server {
+	t.Helper()
+	v, err := loadValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := fhirstore.New(fhirstore.Config{Bucket: memstore.New(), Validator: v, Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store, cfg.Logger = st, discardLogger()
+	h, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// TestInteraction: the server names the interaction of each request from
+// the route it matched (base path and tenant routing taken into account),
+// and the middleware counts it under that name.
 func TestInteraction(t *testing.T) {
 	tests := []struct {
 		base, routing, method, path, want string
@@ -276,10 +328,17 @@ func TestInteraction(t *testing.T) {
 		{"", "header", "POST", "/", "batch"},
 		{"", "header", "GET", "/metadata", "capabilities"},
 		{"", "header", "GET", "/Patient/$everything", "operation"},
+		{"", "header", "POST", "/Patient/1/$validate", "operation"},
+		{"", "header", "GET", "/Patient/1/../2", "other"},
+		{"", "header", "POST", "/Patient/$validate", "operation"},
 		{"", "header", "POST", "/$export", "operation"},
+		{"", "header", "GET", "/Patient/1/_history/$x", "operation"},
 		{"", "header", "GET", "/healthz", "health"},
 		{"", "header", "GET", "/readyz", "health"},
+		{"", "header", "POST", "/metrics", "metrics"},
 		{"", "header", "GET", "/NotAType/1", "other"},
+		{"", "header", "POST", "/metadata", "other"},
+		{"", "header", "POST", "/Patient/1", "other"},
 		{"", "header", "PATCH", "/Patient/1", "other"},
 		{"", "header", "GET", "/Patient/1/_history/3/x", "other"},
 		{"", "header", "GET", "/Patient/a%2Fb", "read"},
@@ -297,20 +356,71 @@ func TestInteraction(t *testing.T) {
 		{"", "both", "GET", "/Patient/1/_history", "history-instance"},
 		{"", "both", "GET", "/acme/Patient/1/_history", "history-instance"},
 	}
+	handlers := map[string]http.Handler{}
 	for _, tc := range tests {
 		t.Run(tc.routing+" "+tc.method+" "+tc.base+tc.path, func(t *testing.T) {
-			c, err := metrics.NewClassifier(tc.base, tc.routing)
-			if err != nil {
-				t.Fatal(err)
+			h := handlers[tc.base+" "+tc.routing]
+			if h == nil {
+				routing, err := server.ParseTenantRouting(tc.routing)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h = fhirHandler(t, server.Config{BasePath: tc.base, TenantRouting: routing})
+				handlers[tc.base+" "+tc.routing] = h
 			}
-			r := httptest.NewRequest(tc.method, "http://h"+tc.path, nil)
-			if got := c.Interaction(r); got != tc.want {
-				t.Errorf("Interaction = %q, want %q", got, tc.want)
+			if got := labelOf(t, h, httptest.NewRequest(tc.method, "http://h"+tc.path, nil)); got != tc.want {
+				t.Errorf("interaction %q, want %q", got, tc.want)
 			}
 		})
 	}
-	if _, err := metrics.NewClassifier("", "query"); err == nil {
-		t.Error("NewClassifier accepted an unknown routing")
+}
+
+// TestInteractionTurnedAway: a request refused before its handler runs
+// (no token, an unsupported format, a malformed tenant) is still counted
+// under the interaction of its route.
+func TestInteractionTurnedAway(t *testing.T) {
+	a, err := auth.Parse(strings.NewReader(`{"tokens":[{"name":"t","sha256":"` + auth.HashToken("tok") + `","tenant":"*","scopes":["system/*.*"]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := fhirHandler(t, server.Config{Auth: a})
+	for _, c := range []struct {
+		name, header string
+		status       int
+	}{
+		{"no token", "", 401},
+		{"xml", "Accept: application/fhir+xml", 406},
+		{"bad tenant", "X-Tenant-ID: ../x", 400},
+	} {
+		r := httptest.NewRequest("GET", "http://h/Patient/1", nil)
+		if k, v, ok := strings.Cut(c.header, ": "); ok {
+			r.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r.Clone(t.Context()))
+		if rec.Code != c.status {
+			t.Fatalf("%s: status %d, want %d: %s", c.name, rec.Code, c.status, rec.Body)
+		}
+		if got := labelOf(t, h, r); got != "read" {
+			t.Errorf("%s: interaction %q, want read", c.name, got)
+		}
+	}
+}
+
+// TestRouteLabels: every route the server serves is counted under the
+// label its row names.
+func TestRouteLabels(t *testing.T) {
+	h := fhirHandler(t, server.Config{})
+	routes := h.Routes()
+	if len(routes) < 10 {
+		t.Fatalf("the server serves only %d routes", len(routes))
+	}
+	for _, rt := range routes {
+		method, path, _ := strings.Cut(rt.Pattern, " ")
+		path = strings.NewReplacer("{$}", "", "{type}", "Patient", "{id}", "p1", "{vid}", "1").Replace(path)
+		if got := labelOf(t, h, httptest.NewRequest(method, "http://h"+path, nil)); got != rt.Label {
+			t.Errorf("%s: interaction %q, want the row's %q", rt.Pattern, got, rt.Label)
+		}
 	}
 }
 

@@ -76,19 +76,29 @@ type capSearchParam struct {
 	Documentation string `json:"documentation"`
 }
 
-// typeInteractions are the interactions every resource type supports. It
-// must list exactly what the routes implement.
-var typeInteractions = []string{"read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"}
+// capabilityInteractions are the capability codes of the route table, in
+// table order: the type-level ones every resource type supports, and the
+// system-level ones.
+func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction) {
+	for _, rt := range s.table {
+		switch systemLevel, ok := capabilityLevels[rt.capability]; {
+		case !ok:
+		case systemLevel:
+			system = append(system, capInteraction{Code: rt.capability})
+		default:
+			typeLevel = append(typeLevel, capInteraction{Code: rt.capability})
+		}
+	}
+	return typeLevel, system
+}
 
 // capabilityStatement builds the statement for the FHIR base base. It
-// states only what this server does: no batch or transaction, no
+// states only what this server does: the interactions are those of the
+// route table's rows that claim one (no batch or transaction), no
 // conditional create/update/delete, search by _id (plus _count and
 // _summary=count) only.
 func (s *Server) capabilityStatement(base string) capabilityStatement {
-	var ia []capInteraction
-	for _, c := range typeInteractions {
-		ia = append(ia, capInteraction{Code: c})
-	}
+	ia, system := s.capabilityInteractions()
 	cs := capabilityStatement{
 		ResourceType:   "CapabilityStatement",
 		ID:             "fhirbucket",
@@ -110,7 +120,7 @@ func (s *Server) capabilityStatement(base string) capabilityStatement {
 		Mode: "server",
 		Documentation: "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
 			"unless Prefer: handling=lenient is sent. Conditional create, update and delete, batch and transaction answer 501.",
-		Interaction: []capInteraction{{Code: "history-system"}},
+		Interaction: system,
 	}
 	for _, t := range fhir.ResourceTypes() {
 		rest.Resource = append(rest.Resource, capResource{

@@ -11,9 +11,11 @@ import (
 	"sync"
 	"testing"
 
+	"fhirbucket/auth"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 	"fhirbucket/internal/testenv"
+	"fhirbucket/outcome"
 	"fhirbucket/storage"
 	"fhirbucket/storage/memstore"
 	"fhirbucket/storage/storagetest"
@@ -32,8 +34,9 @@ func (f *faultyBucket) failAll() {
 	}
 }
 
-// TestErrorTable checks every row of the error table as the store would
-// return it: wrapped, and (for validation) carrying issues.
+// TestErrorTable checks the answers of the outcome table (outcome tests
+// every row) as the store would return the errors, wrapped, and (for
+// validation) carrying issues, through the writer as a client sees them.
 func TestErrorTable(t *testing.T) {
 	wrap := func(err error) error { return fmt.Errorf("fhirstore: doing something: %w", err) }
 	validation := fmt.Errorf("%w: %w", fhirstore.ErrInvalid, &fhir.ValidationError{Issues: []fhir.Issue{
@@ -47,6 +50,8 @@ func TestErrorTable(t *testing.T) {
 		code     string
 		internal bool
 	}{
+		{"unauthenticated", fmt.Errorf("%w: no bearer token", auth.ErrUnauthenticated), 401, "login", false},
+		{"forbidden", fmt.Errorf("%w: not this tenant", auth.ErrForbidden), 403, "forbidden", false},
 		{"too large", wrap(fhir.ErrTooLarge), 413, "too-costly", false},
 		{"body limit", &http.MaxBytesError{Limit: 10}, 413, "too-costly", false},
 		{"validation", validation, 400, "invalid", false},
@@ -64,17 +69,17 @@ func TestErrorTable(t *testing.T) {
 		{"access denied", wrap(storage.ErrAccessDenied), 503, "transient", true},
 		{"deadline", wrap(context.DeadlineExceeded), 503, "timeout", true},
 		{"invalid key", wrap(storage.ErrInvalidKey), 400, "invalid", false},
-		{"server decision", httpErrorf(406, "not-supported", "no"), 406, "not-supported", false},
+		{"server decision", outcome.Errorf(406, "not-supported", "no"), 406, "not-supported", false},
 		{"anything else", errors.New("disk on fire at /secret/path"), 500, "exception", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			status, code, diag, internal := classify(c.err)
-			if status != c.status || code != c.code || internal != c.internal {
-				t.Errorf("classify = %d %s internal=%v, want %d %s internal=%v", status, code, internal, c.status, c.code, c.internal)
+			res := outcome.Classify(c.err)
+			if res.Status != c.status || res.Code != c.code || res.Internal != c.internal {
+				t.Errorf("outcome.Classify = %d %s internal=%v, want %d %s internal=%v", res.Status, res.Code, res.Internal, c.status, c.code, c.internal)
 			}
-			if internal && (strings.Contains(diag, "secret") || strings.Contains(diag, "fire")) {
-				t.Errorf("internal detail in diagnostics: %q", diag)
+			if res.Internal && (strings.Contains(res.Diagnostics, "secret") || strings.Contains(res.Diagnostics, "fire")) {
+				t.Errorf("internal detail in diagnostics: %q", res.Diagnostics)
 			}
 
 			// The same through the writer, as a client sees it.

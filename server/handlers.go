@@ -11,16 +11,17 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/outcome"
 )
 
 // checkType validates the {type} path segment: an operation ("$name")
 // answers 501, an unknown type 404 (as FHIR http.html lists for create).
 func checkType(typ string) error {
 	if strings.HasPrefix(typ, "$") {
-		return httpErrorf(http.StatusNotImplemented, "not-supported", "operation %s is not supported by this server", typ)
+		return outcome.Errorf(http.StatusNotImplemented, "not-supported", "operation %s is not supported by this server", typ)
 	}
 	if !fhir.IsResourceType(typ) {
-		return httpErrorf(http.StatusNotFound, "not-supported", "%q is not a FHIR R4 resource type (names are case-sensitive, e.g. Patient)", typ)
+		return outcome.Errorf(http.StatusNotFound, "not-supported", "%q is not a FHIR R4 resource type (names are case-sensitive, e.g. Patient)", typ)
 	}
 	return nil
 }
@@ -29,10 +30,10 @@ func checkType(typ string) error {
 // breaks the FHIR id rules 400.
 func checkID(typ, id string) error {
 	if strings.HasPrefix(id, "$") {
-		return httpErrorf(http.StatusNotImplemented, "not-supported", "operation %s on %s is not supported by this server", id, typ)
+		return outcome.Errorf(http.StatusNotImplemented, "not-supported", "operation %s on %s is not supported by this server", id, typ)
 	}
 	if !fhir.ValidID(id) {
-		return httpErrorf(http.StatusBadRequest, "invalid", "%q is not a valid FHIR id: use 1 to 64 characters from A-Z a-z 0-9 - .", id)
+		return outcome.Errorf(http.StatusBadRequest, "invalid", "%q is not a valid FHIR id: use 1 to 64 characters from A-Z a-z 0-9 - .", id)
 	}
 	return nil
 }
@@ -55,7 +56,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 		return nil, err
 	}
 	if r.ContentLength > s.maxBody {
-		return nil, httpErrorf(http.StatusRequestEntityTooLarge, "too-costly", "the request body is %d bytes, larger than the limit of %d bytes", r.ContentLength, s.maxBody)
+		return nil, outcome.Errorf(http.StatusRequestEntityTooLarge, "too-costly", "the request body is %d bytes, larger than the limit of %d bytes", r.ContentLength, s.maxBody)
 	}
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 	if err != nil {
@@ -66,10 +67,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 		if ctxErr := r.Context().Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
-		return nil, httpErrorf(http.StatusBadRequest, "structure", "reading the request body: %v", err)
+		return nil, outcome.Errorf(http.StatusBadRequest, "structure", "reading the request body: %v", err)
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, httpErrorf(http.StatusBadRequest, "required", "the request body is empty; send a FHIR resource in JSON")
+		return nil, outcome.Errorf(http.StatusBadRequest, "required", "the request body is empty; send a FHIR resource in JSON")
 	}
 	return data, nil
 }
@@ -124,7 +125,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Header.Get("If-None-Exist") != "" {
-		s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "conditional create (If-None-Exist) is not supported: this server has no search index; nothing was written"))
+		s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "conditional create (If-None-Exist) is not supported: this server has no search index; nothing was written"))
 		return
 	}
 	body, err := s.readBody(w, r)
@@ -219,7 +220,7 @@ func (s *Server) vread(w http.ResponseWriter, r *http.Request) {
 	}
 	vid := r.PathValue("vid")
 	if !fhir.ValidID(vid) {
-		s.writeError(w, r, httpErrorf(http.StatusBadRequest, "invalid", "%q is not a valid version id", vid))
+		s.writeError(w, r, outcome.Errorf(http.StatusBadRequest, "invalid", "%q is not a valid version id", vid))
 		return
 	}
 	res, err := s.store.VRead(r.Context(), info(r).tenant, typ, id, vid)
@@ -272,12 +273,18 @@ func (s *Server) postInstance(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, checkID(typ, id))
 		return
 	}
-	if id == "_search" {
-		s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "search by POST is not supported; use GET /%s?…", typ))
+	w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
+	s.writeError(w, r, outcome.Errorf(http.StatusMethodNotAllowed, "not-supported", "POST is not allowed on %s/%s: create with POST /%s, update with PUT", typ, id, typ))
+}
+
+// searchByPost answers POST /{type}/_search.
+func (s *Server) searchByPost(w http.ResponseWriter, r *http.Request) {
+	typ := r.PathValue("type")
+	if err := checkType(typ); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
-	w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
-	s.writeError(w, r, httpErrorf(http.StatusMethodNotAllowed, "not-supported", "POST is not allowed on %s/%s: create with POST /%s, update with PUT", typ, id, typ))
+	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "search by POST is not supported; use GET /%s?…", typ))
 }
 
 // conditionalWrite answers PUT and DELETE on a type: conditional update and
@@ -292,16 +299,16 @@ func (s *Server) conditionalWrite(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodDelete {
 		what = "delete"
 	}
-	s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported",
+	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported",
 		"conditional %s (%s /%s?search) is not supported: this server has no search index; address the resource by id (%s /%s/{id}); nothing was written", what, r.Method, typ, r.Method, typ))
 }
 
 // batch answers POST to the base.
 func (s *Server) batch(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "batch and transaction Bundles are not supported by this server yet; nothing was written"))
+	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "batch and transaction Bundles are not supported by this server yet; nothing was written"))
 }
 
 // searchSystem answers GET on the base (search across all types).
 func (s *Server) searchSystem(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, httpErrorf(http.StatusNotImplemented, "not-supported", "search across all resource types is not supported; search one type (GET /Patient) or read the system history (GET /_history)"))
+	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "search across all resource types is not supported; search one type (GET /Patient) or read the system history (GET /_history)"))
 }

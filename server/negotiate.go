@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"fhirbucket/outcome"
 )
 
 // fhirJSON is the Content-Type of every FHIR response.
@@ -26,7 +28,7 @@ var jsonMediaTypes = map[string]bool{
 func checkAccept(r *http.Request) error {
 	if formats, ok := r.URL.Query()["_format"]; ok {
 		if len(formats) != 1 {
-			return httpErrorf(http.StatusBadRequest, "invalid", "_format is given %d times; give it once", len(formats))
+			return outcome.Errorf(http.StatusBadRequest, "invalid", "_format is given %d times; give it once", len(formats))
 		}
 		f := strings.TrimSpace(formats[0])
 		mt := strings.ToLower(f)
@@ -34,7 +36,7 @@ func checkAccept(r *http.Request) error {
 			mt = parsed
 		}
 		if !jsonMediaTypes[mt] {
-			return httpErrorf(http.StatusNotAcceptable, "not-supported", "_format %q is not supported; this server speaks JSON only (_format=json)", f)
+			return outcome.Errorf(http.StatusNotAcceptable, "not-supported", "_format %q is not supported; this server speaks JSON only (_format=json)", f)
 		}
 		return nil
 	}
@@ -60,7 +62,7 @@ func checkAccept(r *http.Request) error {
 			return nil
 		}
 	}
-	return httpErrorf(http.StatusNotAcceptable, "not-supported", "Accept %q names no JSON media type; this server answers application/fhir+json only", accept)
+	return outcome.Errorf(http.StatusNotAcceptable, "not-supported", "Accept %q names no JSON media type; this server answers application/fhir+json only", accept)
 }
 
 // checkContentType accepts FHIR JSON request bodies only. _format does not
@@ -68,17 +70,17 @@ func checkAccept(r *http.Request) error {
 func checkContentType(r *http.Request) error {
 	ct := r.Header.Get("Content-Type")
 	if ct == "" {
-		return httpErrorf(http.StatusUnsupportedMediaType, "not-supported", "the request has a body but no Content-Type; send Content-Type: application/fhir+json")
+		return outcome.Errorf(http.StatusUnsupportedMediaType, "not-supported", "the request has a body but no Content-Type; send Content-Type: application/fhir+json")
 	}
 	mt, params, err := mime.ParseMediaType(ct)
 	if err != nil {
-		return httpErrorf(http.StatusUnsupportedMediaType, "not-supported", "Content-Type %q cannot be parsed; send application/fhir+json", ct)
+		return outcome.Errorf(http.StatusUnsupportedMediaType, "not-supported", "Content-Type %q cannot be parsed; send application/fhir+json", ct)
 	}
 	if mt == "json" || !jsonMediaTypes[mt] {
-		return httpErrorf(http.StatusUnsupportedMediaType, "not-supported", "Content-Type %q is not supported; this server accepts application/fhir+json (or application/json) only", ct)
+		return outcome.Errorf(http.StatusUnsupportedMediaType, "not-supported", "Content-Type %q is not supported; this server accepts application/fhir+json (or application/json) only", ct)
 	}
 	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "utf8") {
-		return httpErrorf(http.StatusUnsupportedMediaType, "not-supported", "charset %q is not supported; FHIR JSON is UTF-8", cs)
+		return outcome.Errorf(http.StatusUnsupportedMediaType, "not-supported", "charset %q is not supported; FHIR JSON is UTF-8", cs)
 	}
 	return nil
 }

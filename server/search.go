@@ -9,6 +9,7 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/outcome"
 )
 
 // cursorParam carries the store's opaque paging cursor in next links.
@@ -52,13 +53,13 @@ var knownParams = map[string]int{
 func parseParams(r *http.Request, kind int) (params, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return params{}, httpErrorf(http.StatusBadRequest, "invalid", "the query string cannot be parsed: %v", err)
+		return params{}, outcome.Errorf(http.StatusBadRequest, "invalid", "the query string cannot be parsed: %v", err)
 	}
 	lenient := parsePrefer(r).lenient
 	p := params{kept: url.Values{}}
 	for name, vals := range q {
 		if kind == onHistory && (name == "_at" || name == "_list") {
-			return p, httpErrorf(http.StatusNotImplemented, "not-supported", "history parameter %s is not supported; use _since and _count", name)
+			return p, outcome.Errorf(http.StatusNotImplemented, "not-supported", "history parameter %s is not supported; use _since and _count", name)
 		}
 		if knownParams[name]&kind == 0 {
 			if lenient {
@@ -68,38 +69,38 @@ func parseParams(r *http.Request, kind int) (params, error) {
 			if kind == onHistory {
 				what = "history"
 			}
-			return p, httpErrorf(http.StatusNotImplemented, "not-supported",
+			return p, outcome.Errorf(http.StatusNotImplemented, "not-supported",
 				"%s parameter %q is not supported (supported: %s); send Prefer: handling=lenient to have unknown parameters ignored", what, name, supportedList(kind))
 		}
 		if name != "_id" && len(vals) != 1 {
-			return p, httpErrorf(http.StatusBadRequest, "invalid", "parameter %s is given %d times; give it once", name, len(vals))
+			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "parameter %s is given %d times; give it once", name, len(vals))
 		}
 		p.kept[name] = vals
 	}
 	if v, ok := q["_count"]; ok {
 		n, err := strconv.Atoi(strings.TrimSpace(v[0]))
 		if err != nil || n < 1 {
-			return p, httpErrorf(http.StatusBadRequest, "invalid", "_count %q must be a positive integer", v[0])
+			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "_count %q must be a positive integer", v[0])
 		}
 		p.count = min(n, MaxCount)
 	}
 	if v, ok := q[cursorParam]; ok {
 		if v[0] == "" {
-			return p, httpErrorf(http.StatusBadRequest, "invalid", "%s is empty; follow the next link as given", cursorParam)
+			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "%s is empty; follow the next link as given", cursorParam)
 		}
 		p.cursor = v[0]
 	}
 	if v, ok := q["_since"]; ok {
 		t, err := fhir.ParseInstant(v[0])
 		if err != nil {
-			return p, httpErrorf(http.StatusBadRequest, "invalid", "_since %q must be a FHIR instant such as 2024-01-31T12:00:00Z: %v", v[0], err)
+			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "_since %q must be a FHIR instant such as 2024-01-31T12:00:00Z: %v", v[0], err)
 		}
 		p.since = t
 	}
 	if v, ok := q["_summary"]; ok {
 		if v[0] != "count" {
 			if !lenient {
-				return p, httpErrorf(http.StatusNotImplemented, "not-supported", "_summary=%s is not supported; only _summary=count is", v[0])
+				return p, outcome.Errorf(http.StatusNotImplemented, "not-supported", "_summary=%s is not supported; only _summary=count is", v[0])
 			}
 			p.kept.Del("_summary")
 		} else {
@@ -108,12 +109,12 @@ func parseParams(r *http.Request, kind int) (params, error) {
 	}
 	if vals, ok := q["_id"]; ok {
 		if len(vals) != 1 {
-			return p, httpErrorf(http.StatusBadRequest, "invalid", "_id is given %d times; give one comma-separated list", len(vals))
+			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "_id is given %d times; give one comma-separated list", len(vals))
 		}
 		for id := range strings.SplitSeq(vals[0], ",") {
 			id = strings.TrimSpace(id)
 			if !fhir.ValidID(id) {
-				return p, httpErrorf(http.StatusBadRequest, "invalid", "_id value %q is not a valid FHIR id", id)
+				return p, outcome.Errorf(http.StatusBadRequest, "invalid", "_id value %q is not a valid FHIR id", id)
 			}
 			p.ids = append(p.ids, id)
 		}

@@ -2,7 +2,7 @@
 // that routes requests on the standard net/http mux, negotiates content
 // (JSON only), selects the tenant, calls the resource store, and turns
 // every error into an OperationOutcome and an HTTP status in one place
-// (errors.go).
+// (errors.go, over the table of package outcome).
 //
 // Decisions a client can observe are documented in docs/http-api.md.
 package server
@@ -22,6 +22,8 @@ import (
 	"fhirbucket/auth"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/metrics"
+	"fhirbucket/outcome"
 )
 
 // Store is the part of the resource store the server calls.
@@ -36,50 +38,6 @@ type Store interface {
 	List(ctx context.Context, tenant, typ string, q fhirstore.ListQuery) (*fhirstore.ListPage, error)
 	Count(ctx context.Context, tenant, typ string) (int, error)
 }
-
-// TenantRouting selects where the server reads the tenant of a request.
-type TenantRouting int
-
-const (
-	// TenantHeader takes the tenant from the X-Tenant-ID header, or
-	// fhirstore.DefaultTenant when it is absent.
-	TenantHeader TenantRouting = iota
-	// TenantPath takes the tenant from the first path segment below the
-	// base path: /{tenant}/Patient/123.
-	TenantPath
-	// TenantBoth takes the tenant from the path when the first segment is
-	// not a FHIR root segment (a resource type, "metadata", "_history" or
-	// an operation "$…"), else from the header as TenantHeader does.
-	TenantBoth
-)
-
-// ParseTenantRouting maps the setting values "header", "path" and "both".
-func ParseTenantRouting(s string) (TenantRouting, error) {
-	switch s {
-	case "header":
-		return TenantHeader, nil
-	case "path":
-		return TenantPath, nil
-	case "both":
-		return TenantBoth, nil
-	}
-	return 0, fmt.Errorf("tenant routing %q: want header, path or both", s)
-}
-
-func (t TenantRouting) String() string {
-	switch t {
-	case TenantHeader:
-		return "header"
-	case TenantPath:
-		return "path"
-	case TenantBoth:
-		return "both"
-	}
-	return fmt.Sprintf("TenantRouting(%d)", int(t))
-}
-
-// TenantHeaderName is the request header that names the tenant.
-const TenantHeaderName = "X-Tenant-ID"
 
 // DefaultMaxBodyBytes is the request body limit when Config.MaxBodyBytes
 // is 0: the validator's default resource limit.
@@ -134,10 +92,9 @@ type Server struct {
 	version  string
 	mux      *http.ServeMux
 
-	// access control (server/authz.go)
-	auth      *auth.Authenticator
-	access    map[string]auth.Interaction // pattern -> interaction
-	routeList []Route
+	auth   *auth.Authenticator // nil: no access control (server/authz.go)
+	table  []route             // the routes served (server/routes.go)
+	routed map[string]*route   // mux pattern -> its row
 }
 
 // New checks cfg and returns the handler. Errors name the Config field at
@@ -184,7 +141,8 @@ func New(cfg Config) (*Server, error) {
 	if s.baseURL, err = ParseBaseURL(cfg.BaseURL); err != nil {
 		return nil, fmt.Errorf("server: Config.BaseURL: %w", err)
 	}
-	s.mux = s.routes()
+	s.table = routeTable
+	s.mux, s.routed = s.routes()
 	return s, nil
 }
 
@@ -216,30 +174,6 @@ func ParseBaseURL(s string) (*url.URL, error) {
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
 	return u, nil
-}
-
-// routes registers one pattern per interaction. Paths are relative to the
-// FHIR base of the tenant: ServeHTTP strips the base path and the tenant
-// segment first, so the patterns need no tenant wildcard (which would make
-// "/{tenant}/{type}" and "/{type}/{id}" conflict).
-func (s *Server) routes() *http.ServeMux {
-	m := s.newRouteMux() // every route needs an access rule: server/authz.go
-	m.HandleFunc("GET /metadata", s.capabilities)
-	m.HandleFunc("GET /{$}", s.searchSystem)
-	m.HandleFunc("POST /{$}", s.batch)
-	m.HandleFunc("GET /_history", s.historySystem)
-	m.HandleFunc("GET /{type}", s.searchType)
-	m.HandleFunc("POST /{type}", s.create)
-	m.HandleFunc("PUT /{type}", s.conditionalWrite)
-	m.HandleFunc("DELETE /{type}", s.conditionalWrite)
-	m.HandleFunc("GET /{type}/_history", s.historyType)
-	m.HandleFunc("GET /{type}/{id}", s.read)
-	m.HandleFunc("PUT /{type}/{id}", s.update)
-	m.HandleFunc("DELETE /{type}/{id}", s.delete)
-	m.HandleFunc("POST /{type}/{id}", s.postInstance)
-	m.HandleFunc("GET /{type}/{id}/_history", s.historyInstance)
-	m.HandleFunc("GET /{type}/{id}/_history/{vid}", s.vread)
-	return m.mux
 }
 
 // reqInfo is what ServeHTTP learns before dispatch.
@@ -300,8 +234,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	switch r.URL.Path {
 	case "/healthz":
+		metrics.SetInteraction(r.Context(), labelHealth)
 		s.healthz(sw, r)
 	case "/readyz":
+		metrics.SetInteraction(r.Context(), labelHealth)
 		s.readyz(sw, r)
 	default:
 		s.serveFHIR(sw, r)
@@ -336,45 +272,8 @@ func (s *Server) serveFHIR(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := checkAccept(r); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-
-	tenantInURL := false
-	switch s.routing {
-	case TenantHeader:
-		err = s.headerTenant(r)
-	case TenantPath:
-		// /metadata needs no tenant: the statement is the same for all.
-		if len(segs) == 1 && segs[0] == "metadata" {
-			break
-		}
-		if len(segs) == 0 {
-			err = httpErrorf(http.StatusNotFound, "not-found", "tenant routing is by path: request URLs start with /{tenant}/ below the base, e.g. /default/Patient")
-			break
-		}
-		ri.tenant, tenantInURL = segs[0], true
-		segs = segs[1:]
-	case TenantBoth:
-		if len(segs) > 0 && !isFHIRRootSegment(segs[0]) {
-			ri.tenant, tenantInURL = segs[0], true
-			segs = segs[1:]
-		} else {
-			err = s.headerTenant(r)
-		}
-	}
-	if err == nil {
-		err = fhirstore.ValidTenant(ri.tenant)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ri.base = s.publicBase(r)
-	if tenantInURL {
-		ri.base += "/" + url.PathEscape(ri.tenant)
-	}
+	acceptErr := checkAccept(r)
+	tenant, tenantInURL, segs, tenantErr := s.selectTenant(r, segs)
 
 	// Rebuild the URL relative to the tenant's base for the mux. Each
 	// segment is escaped again so that an encoded "/" inside an id stays
@@ -392,24 +291,48 @@ func (s *Server) serveFHIR(w http.ResponseWriter, r *http.Request) {
 		u.Path, u.RawPath = "/", ""
 	}
 	r2.URL = &u
-
 	h, pattern := s.mux.Handler(r2)
-	if err := s.authenticate(w, r, pattern); err != nil {
+	rt := s.routed[pattern]
+	if tenantErr == errNoTenantSegment {
+		rt, segs = nil, nil
+	}
+	// Named before any check, so that a request turned away (400, 401,
+	// 406) is still counted under its interaction.
+	metrics.SetInteraction(r.Context(), metricsLabel(rt, segs))
+
+	if acceptErr != nil {
+		s.writeError(w, r, acceptErr)
+		return
+	}
+	if tenantErr == nil {
+		ri.tenant = tenant
+		tenantErr = fhirstore.ValidTenant(ri.tenant)
+	}
+	if tenantErr != nil {
+		s.writeError(w, r, tenantErr)
+		return
+	}
+	ri.base = s.publicBase(r)
+	if tenantInURL {
+		ri.base += "/" + url.PathEscape(ri.tenant)
+	}
+
+	if err := s.authenticate(w, r, rt); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if pattern == "" {
+	if rt == nil {
 		// The mux would answer 404 or 405 in plain text; keep its verdict
 		// (and its Allow header) but answer with an OperationOutcome.
 		rec := &headerRecorder{h: http.Header{}}
 		h.ServeHTTP(rec, r2)
 		if rec.code == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", rec.h.Get("Allow"))
-			s.writeError(w, r, httpErrorf(http.StatusMethodNotAllowed, "not-supported",
+			s.writeError(w, r, outcome.Errorf(http.StatusMethodNotAllowed, "not-supported",
 				"method %s is not allowed on %s; allowed: %s", r.Method, u.Path, rec.h.Get("Allow")))
 			return
 		}
-		s.writeError(w, r, httpErrorf(http.StatusNotFound, "not-found", "no FHIR interaction at %s %s", r.Method, u.Path))
+		s.writeError(w, r, outcome.Errorf(http.StatusNotFound, "not-found", "no FHIR interaction at %s %s", r.Method, u.Path))
 		return
 	}
 	// ServeHTTP (not h) so that the mux sets the path values.
@@ -429,7 +352,7 @@ func (s *Server) splitPath(r *http.Request) ([]string, error) {
 		case strings.HasPrefix(p, s.basePath+"/"):
 			p = p[len(s.basePath):]
 		default:
-			return nil, httpErrorf(http.StatusNotFound, "not-found", "the FHIR base is %s/", s.basePath)
+			return nil, outcome.Errorf(http.StatusNotFound, "not-found", "the FHIR base is %s/", s.basePath)
 		}
 	}
 	p = strings.TrimPrefix(p, "/")
@@ -441,33 +364,15 @@ func (s *Server) splitPath(r *http.Request) ([]string, error) {
 	for raw := range strings.SplitSeq(p, "/") {
 		seg, err := url.PathUnescape(raw)
 		if err != nil {
-			return nil, httpErrorf(http.StatusBadRequest, "invalid", "path segment %q is not valid percent-encoding", raw)
+			return nil, outcome.Errorf(http.StatusBadRequest, "invalid", "path segment %q is not valid percent-encoding", raw)
 		}
 		switch seg {
 		case "", ".", "..":
-			return nil, httpErrorf(http.StatusBadRequest, "invalid", "path segment %q is not allowed in a FHIR URL", seg)
+			return nil, outcome.Errorf(http.StatusBadRequest, "invalid", "path segment %q is not allowed in a FHIR URL", seg)
 		}
 		segs = append(segs, seg)
 	}
 	return segs, nil
-}
-
-func (s *Server) headerTenant(r *http.Request) error {
-	vals := r.Header.Values(TenantHeaderName)
-	switch len(vals) {
-	case 0:
-		return nil
-	case 1:
-		info(r).tenant = strings.TrimSpace(vals[0])
-		return nil
-	}
-	return httpErrorf(http.StatusBadRequest, "invalid", "the %s header is given %d times; give it once", TenantHeaderName, len(vals))
-}
-
-// isFHIRRootSegment reports whether seg can start a FHIR path at the base
-// (so it cannot be a tenant in TenantBoth routing).
-func isFHIRRootSegment(seg string) bool {
-	return fhir.IsResourceType(seg) || seg == "metadata" || seg == "_history" || strings.HasPrefix(seg, "$")
 }
 
 // publicBase is the absolute URL of the FHIR base (without tenant).

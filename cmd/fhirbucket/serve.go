@@ -58,12 +58,9 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 		return err
 	}
 	// /metrics is served at the root next to /healthz; requests are
-	// labelled by FHIR interaction, never by tenant or id.
-	cls, err := metrics.NewClassifier(cfg.BasePath, cfg.TenantRouting.String())
-	if err != nil {
-		return err
-	}
-	h := m.WithEndpoint(m.Middleware(cls.Interaction, fh))
+	// labelled by the FHIR interaction of the route the server matched,
+	// never by tenant or id.
+	h := m.WithEndpoint(m.Middleware(fh))
 
 	addr := v.str("addr")
 	ln, err := net.Listen("tcp", addr)
