@@ -22,7 +22,9 @@ func ExportProgressKey(jobID, typ string) string {
 }
 
 // ExportPartPrefix is bulk/export/jobs/{job_id}/output/{type}/.
-func ExportPartPrefix(jobID, typ string) string { return ExportJobPrefix(jobID) + "output/" + typ + "/" }
+func ExportPartPrefix(jobID, typ string) string {
+	return ExportJobPrefix(jobID) + "output/" + typ + "/"
+}
 
 // ExportPartKey is bulk/export/jobs/{job_id}/output/{type}/part-{n}.ndjson,
 // n = 1, 2, ...
