@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/layout"
 	"fhirbucket/storage"
 )
 
@@ -38,7 +39,7 @@ func (c *current) version() int {
 
 // readCurrent GETs current.json (1 GET).
 func (s *Store) readCurrent(ctx context.Context, sc scope, typ, id string) (*current, error) {
-	data, attrs, err := storage.ReadAll(ctx, sc.b, currentKey(typ, id))
+	data, attrs, err := storage.ReadAll(ctx, sc.b, layout.CurrentKey(typ, id))
 	if errors.Is(err, storage.ErrNotExist) {
 		return &current{}, nil
 	}
@@ -47,7 +48,7 @@ func (s *Store) readCurrent(ctx context.Context, sc scope, typ, id string) (*cur
 	}
 	res, err := decodeEnvelope(data, sc.tenant, typ, id, 0)
 	if err != nil {
-		return nil, fmt.Errorf("fhirstore: %s: %w", currentKey(typ, id), err)
+		return nil, fmt.Errorf("fhirstore: %s: %w", layout.CurrentKey(typ, id), err)
 	}
 	return &current{res: res, etag: attrs.ETag}, nil
 }
@@ -93,7 +94,7 @@ func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *curr
 		data := encodeEnvelope(next)
 
 		// Step 1: claim the version number.
-		_, err = sc.b.Put(ctx, versionKey(typ, id, next.Version), bytes.NewReader(data),
+		_, err = sc.b.Put(ctx, layout.VersionKey(typ, id, next.Version), bytes.NewReader(data),
 			storage.PutOptions{ContentType: contentTypeJSON, IfNoneMatch: "*", Size: int64(len(data))})
 		switch {
 		case err == nil:
@@ -168,19 +169,19 @@ func (s *Store) finish(ctx context.Context, sc scope, typ, id string, cur *curre
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		errType = s.putEvent(ctx, sc.b, typeEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
+		errType = s.putEvent(ctx, sc.b, layout.TypeEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
 	}()
 	go func() {
 		defer wg.Done()
-		errSys = s.putEvent(ctx, sc.b, systemEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
+		errSys = s.putEvent(ctx, sc.b, layout.SystemEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
 	}()
 	errCur = s.movePointer(ctx, sc, typ, id, cur, next, data)
 	wg.Wait()
 	if errType == nil {
-		s.noteNewest(sc.tenant+"\x00"+typeEventPrefix(typ), next.LastModified.UnixMilli())
+		s.noteNewest(sc.tenant+"\x00"+layout.TypeEventPrefix(typ), next.LastModified.UnixMilli())
 	}
 	if errSys == nil {
-		s.noteNewest(sc.tenant+"\x00"+systemEventPrefix, next.LastModified.UnixMilli())
+		s.noteNewest(sc.tenant+"\x00"+layout.SystemEventsPrefix, next.LastModified.UnixMilli())
 	}
 	if err := errors.Join(errCur, errType, errSys); err != nil {
 		return fmt.Errorf("fhirstore: %s/%s version %d is committed but not complete (the next write or a repair rolls it forward): %w",
@@ -210,7 +211,7 @@ func (s *Store) movePointer(ctx context.Context, sc scope, typ, id string, cur *
 		} else {
 			opts.IfMatch = cur.etag
 		}
-		_, err := sc.b.Put(ctx, currentKey(typ, id), bytes.NewReader(data), opts)
+		_, err := sc.b.Put(ctx, layout.CurrentKey(typ, id), bytes.NewReader(data), opts)
 		if err == nil {
 			return nil
 		}
@@ -243,7 +244,7 @@ func (s *Store) movePointer(ctx context.Context, sc scope, typ, id string, cur *
 // crashed, current.json ends up exactly as the claimant would have left it.
 func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current) error {
 	v := cur.version() + 1
-	data, _, err := storage.ReadAll(ctx, sc.b, versionKey(typ, id, v))
+	data, _, err := storage.ReadAll(ctx, sc.b, layout.VersionKey(typ, id, v))
 	if errors.Is(err, storage.ErrNotExist) {
 		return nil
 	}
@@ -252,7 +253,7 @@ func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *
 	}
 	res, err := decodeEnvelope(data, sc.tenant, typ, id, v)
 	if err != nil {
-		return fmt.Errorf("fhirstore: rolling forward %s: %w", versionKey(typ, id, v), err)
+		return fmt.Errorf("fhirstore: rolling forward %s: %w", layout.VersionKey(typ, id, v), err)
 	}
 	if err := s.finish(ctx, sc, typ, id, cur, res, data); err != nil {
 		return err
