@@ -52,7 +52,7 @@ func parseEvent(name string, withType bool) (layout.Event, bool) {
 }
 
 // collect returns up to need event names (without prefix) below
-// upper (exclusive; "" = unbounded) and with {ts} >= floor, newest first,
+// upper (exclusive; "" = unbounded) and with {ts} >= e.floor, newest first,
 // together with the window size to start the next page with.
 //
 // It lists windows [lo, hi) of {ts} downwards from the upper bound. A
@@ -129,7 +129,7 @@ func (e *eventSearch) collect(ctx context.Context, upper string, need int, w, re
 		case known >= 0:
 			lo = max(known+min(g, (hi-known)/2), floor)
 		}
-		names, overflow, err := listWindow(ctx, b, prefix, lo, hiKey, 0)
+		names, overflow, err := e.listWindow(ctx, lo, hiKey, 0)
 		if err != nil {
 			return found{}, err
 		}
@@ -156,7 +156,7 @@ func (e *eventSearch) collect(ctx context.Context, upper string, need int, w, re
 		if overflow {
 			// More than a page of events in one millisecond: only reading
 			// all of it finds its newest.
-			if names, _, err = listWindow(ctx, b, prefix, lo, hiKey, need-len(out)); err != nil {
+			if names, _, err = e.listWindow(ctx, lo, hiKey, need-len(out)); err != nil {
 				return found{}, err
 			}
 			bottom = -1 // the millisecond is not known in full
@@ -213,7 +213,8 @@ func (e *eventSearch) collect(ctx context.Context, upper string, need int, w, re
 // key < hiKey ("" = unbounded), in ascending order. With keep == 0 it
 // lists at most one page and reports overflow when the window holds more;
 // with keep > 0 it lists the whole window and returns its last keep names.
-func listWindow(ctx context.Context, b storage.Bucket, prefix string, lo int64, hiKey string, keep int) ([]string, bool, error) {
+func (e *eventSearch) listWindow(ctx context.Context, lo int64, hiKey string, keep int) ([]string, bool, error) {
+	b, prefix := e.b, e.prefix
 	opts := storage.ListOptions{Prefix: prefix, StartAfter: prefix + layout.FormatTS(lo)}
 	var names []string
 	for {
@@ -323,7 +324,7 @@ type lookAhead struct {
 // the pages that are still served from the events above it, so that no
 // single page pays for the whole search.
 func (e *eventSearch) extendRegion(ctx context.Context, la lookAhead, n, target, budget int) (lookAhead, error) {
-	b, prefix, withType, floor := e.b, e.prefix, e.withType, e.floor
+	prefix, withType, floor := e.prefix, e.withType, e.floor
 	bottom, probe, dense := la.bottom, la.probe, la.dense
 	probe = min(max(probe, 1), layout.MaxTS) // from a cursor: outside input
 	if dense >= bottom {
@@ -335,7 +336,7 @@ func (e *eventSearch) extendRegion(ctx context.Context, la lookAhead, n, target,
 		if dense >= 0 {
 			x = max(dense+min(probe, (bottom-dense)/2), floor)
 		}
-		names, overflow, err := listWindow(ctx, b, prefix, x, prefix+layout.FormatTS(bottom), 0)
+		names, overflow, err := e.listWindow(ctx, x, prefix+layout.FormatTS(bottom), 0)
 		if err != nil {
 			return lookAhead{}, err
 		}
