@@ -21,7 +21,7 @@ import (
 	"os"
 	"strings"
 
-	"fhirbucket/fhirstore"
+	"fhirbucket/internal/layout"
 )
 
 // The errors callers test with errors.Is.
@@ -172,7 +172,7 @@ func Parse(r io.Reader) (*Authenticator, error) {
 		}
 		digests[d] = te.Name
 		if te.Tenant != AnyTenant {
-			if err := fhirstore.ValidTenant(te.Tenant); err != nil {
+			if err := layout.ValidTenant(te.Tenant); err != nil {
 				return nil, fmt.Errorf("%w: %s: tenant: %v (or \"*\" for every tenant)", ErrInvalidConfig, where, err)
 			}
 		}

@@ -3,17 +3,15 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/layout"
 	"fhirbucket/storage"
 )
 
@@ -24,19 +22,10 @@ import (
 // 3 unconditional PUTs per version and no reads. The newest versions are
 // then written by fhirstore itself on top, which proves the layout is
 // readable (an update decodes current.json), and the bench tests run
-// fhirstore's Verify over a built history.
+// fhirstore's Verify over a built history. The keys come from package
+// layout; the object bodies are written here, and Verify checks them.
 
 const timeLayout = "2006-01-02T15:04:05.000Z"
-
-func eventSuffix(tenant, typ, id string, version int) string {
-	sum := sha256.Sum256([]byte(tenant + "\x00" + typ + "\x00" + id + "\x00" + strconv.Itoa(version)))
-	return hex.EncodeToString(sum[:16])
-}
-
-func padTS(ms int64) string {
-	s := strconv.FormatInt(ms, 10)
-	return strings.Repeat("0", max(0, 13-len(s))) + s
-}
 
 func jsonString(s string) string {
 	q, _ := json.Marshal(s) // cannot fail for a string
@@ -109,12 +98,11 @@ func writeHistory(ctx context.Context, b storage.Bucket, tenant, typ, id string,
 	// its keys sorted (memstore) then appends instead of inserting in the
 	// middle, and an S3 server sees the same requests in any order.
 	mod := func(v int) time.Time { return first.Add(time.Duration(v-1) * time.Millisecond) }
-	suffix := func(v int) string { return "_" + strconv.Itoa(v) + "_" + eventSuffix(tenant, typ, id, v) + ".json" }
 	for v := 1; v <= n && ctx.Err() == nil; v++ {
-		put("history/system/"+padTS(mod(v).UnixMilli())+"_"+typ+"_"+id+suffix(v), event(typ, id, v, mod(v)))
+		put(layout.SystemEventKey(tenant, typ, id, v, mod(v)), event(typ, id, v, mod(v)))
 	}
 	for v := 1; v <= n && ctx.Err() == nil; v++ {
-		put("history/type/"+typ+"/"+padTS(mod(v).UnixMilli())+"_"+id+suffix(v), event(typ, id, v, mod(v)))
+		put(layout.TypeEventKey(tenant, typ, id, v, mod(v)), event(typ, id, v, mod(v)))
 	}
 	versions := make([]string, n)
 	for v := 1; v <= n; v++ {
@@ -133,7 +121,7 @@ func writeHistory(ctx context.Context, b storage.Bucket, tenant, typ, id string,
 			break
 		}
 		env := envelope(tenant, typ, id, v, content, first, mod(v))
-		put("resources/"+typ+"/"+id+"/_history/"+vs+".json", env)
+		put(layout.VersionKey(typ, id, v), env)
 		if v == n {
 			last = env
 		}
@@ -143,7 +131,7 @@ func writeHistory(ctx context.Context, b storage.Bucket, tenant, typ, id string,
 		return firstEr
 	}
 	// current.json last: a reader never sees a pointer to a missing version.
-	_, err := b.Put(ctx, "resources/"+typ+"/"+id+"/current.json", bytes.NewReader(last),
+	_, err := b.Put(ctx, layout.CurrentKey(typ, id), bytes.NewReader(last),
 		storage.PutOptions{ContentType: "application/json", Size: int64(len(last))})
 	return err
 }

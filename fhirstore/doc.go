@@ -6,7 +6,8 @@
 // # Keys and objects
 //
 // Below the tenant base T (G/{tenant}/ in prefix tenancy, G/ of the
-// tenant's own bucket in bucket tenancy):
+// tenant's own bucket in bucket tenancy), as package internal/layout
+// builds them:
 //
 //	resources/{type}/{id}/current.json
 //	resources/{type}/{id}/_history/{version}.json
@@ -90,6 +91,15 @@
 //     the events name a committed version (events are only written after a
 //     claim succeeded), so history pages list it; the pointer is fixed by the
 //     next roll-forward.
+//
+// The protocol is exported as Apply ("write this content as version N+1
+// if the current one is N", or on whatever is current) and Revert ("undo
+// version N with version N+1, unless someone wrote after it"), on which
+// Create, Update and Delete, and callers that write several resources as
+// one unit, build: such a caller reads the current version N of each
+// resource (Current), applies each change with Base N, and undoes what it
+// applied with Revert. A lost race is then a 412, never a silent
+// overwrite.
 //
 // No lost update: every acknowledged write holds a version number claimed
 // with If-None-Match, and version objects are never overwritten or

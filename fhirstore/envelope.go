@@ -2,12 +2,9 @@ package fhirstore
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"fhirbucket/fhir"
@@ -21,118 +18,11 @@ const contentTypeJSON = "application/json"
 // through storage unchanged and agrees with the {ts} of the event keys.
 const timeLayout = "2006-01-02T15:04:05.000Z"
 
-// tsDigits is the width of the zero-padded epoch-millisecond {ts} segment.
-const tsDigits = 13
-
-// maxTS is the largest {ts} that fits in tsDigits (year 2286).
-const maxTS = 9999999999999
-
 func formatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
 
 // truncMS drops everything below the millisecond and converts to UTC: the
 // resolution of meta.lastUpdated, envelope times and event keys.
 func truncMS(t time.Time) time.Time { return time.UnixMilli(t.UnixMilli()).UTC() }
-
-// Keys below the tenant base, exactly as docs/object-layout.md states.
-
-func resourcePrefix(typ, id string) string { return "resources/" + typ + "/" + id + "/" }
-func currentKey(typ, id string) string     { return resourcePrefix(typ, id) + "current.json" }
-func historyPrefix(typ, id string) string  { return resourcePrefix(typ, id) + "_history/" }
-func versionKey(typ, id string, v int) string {
-	return historyPrefix(typ, id) + strconv.Itoa(v) + ".json"
-}
-
-func typeEventPrefix(typ string) string { return "history/type/" + typ + "/" }
-
-const systemEventPrefix = "history/system/"
-
-func padTS(ms int64) string {
-	s := strconv.FormatInt(ms, 10)
-	if len(s) < tsDigits {
-		s = strings.Repeat("0", tsDigits-len(s)) + s
-	}
-	return s
-}
-
-// eventSuffix is the {suffix} shared by the two events of one version: the
-// first 128 bits, as 32 lowercase hex digits, of SHA-256 over the byte string
-//
-//	tenant "\x00" type "\x00" id "\x00" version
-//
-// where version is decimal without padding. NUL cannot occur in any of the
-// four parts (they are validated), so the encoding is injective, and the
-// suffix is a pure function of the version: emitting an event twice writes
-// the same key.
-func eventSuffix(tenant, typ, id string, version int) string {
-	h := sha256.New()
-	h.Write([]byte(tenant))
-	h.Write([]byte{0})
-	h.Write([]byte(typ))
-	h.Write([]byte{0})
-	h.Write([]byte(id))
-	h.Write([]byte{0})
-	h.Write([]byte(strconv.Itoa(version)))
-	sum := h.Sum(nil)
-	return hex.EncodeToString(sum[:16])
-}
-
-func typeEventKey(tenant, typ, id string, version int, ts time.Time) string {
-	return typeEventPrefix(typ) + padTS(ts.UnixMilli()) + "_" + id + "_" + strconv.Itoa(version) + "_" +
-		eventSuffix(tenant, typ, id, version) + ".json"
-}
-
-func systemEventKey(tenant, typ, id string, version int, ts time.Time) string {
-	return systemEventPrefix + padTS(ts.UnixMilli()) + "_" + typ + "_" + id + "_" + strconv.Itoa(version) + "_" +
-		eventSuffix(tenant, typ, id, version) + ".json"
-}
-
-// eventRef is what an event key says: everything a history page needs.
-type eventRef struct {
-	ts      int64
-	typ, id string
-	version int
-	suffix  string
-}
-
-// parseEventName parses the last segment of an event key. withType tells
-// whether the name carries the type (system events) or not (type events,
-// whose type is the caller's).
-func parseEventName(name string, withType bool) (eventRef, bool) {
-	var r eventRef
-	name, ok := strings.CutSuffix(name, ".json")
-	if !ok {
-		return r, false
-	}
-	parts := strings.Split(name, "_")
-	want := 4
-	if withType {
-		want = 5
-	}
-	if len(parts) != want || len(parts[0]) != tsDigits {
-		return r, false
-	}
-	ts, err := strconv.ParseInt(parts[0], 10, 64)
-	if err != nil || ts < 0 {
-		return r, false
-	}
-	r.ts = ts
-	rest := parts[1:]
-	if withType {
-		r.typ = rest[0]
-		rest = rest[1:]
-		if !fhir.IsResourceType(r.typ) {
-			return r, false
-		}
-	}
-	r.id = rest[0]
-	v, err := strconv.Atoi(rest[1])
-	if err != nil || v < 1 || strconv.Itoa(v) != rest[1] || !fhir.ValidID(r.id) || len(rest[2]) != 32 {
-		return r, false
-	}
-	r.version = v
-	r.suffix = rest[2]
-	return r, true
-}
 
 // envelope is the stored form of one version, field for field as in
 // docs/object-layout.md. It is decoded with encoding/json (Content stays

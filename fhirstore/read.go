@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/layout"
 	"fhirbucket/storage"
 )
 
@@ -61,7 +62,7 @@ func (s *Store) VRead(ctx context.Context, tenant, typ, id, version string) (*Re
 }
 
 func (s *Store) readVersion(ctx context.Context, sc scope, typ, id string, v int) (*Resource, error) {
-	data, _, err := storage.ReadAll(ctx, sc.b, versionKey(typ, id, v))
+	data, _, err := storage.ReadAll(ctx, sc.b, layout.VersionKey(typ, id, v))
 	if errors.Is(err, storage.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s/%s version %d", ErrNotFound, typ, id, v)
 	}
@@ -70,7 +71,7 @@ func (s *Store) readVersion(ctx context.Context, sc scope, typ, id string, v int
 	}
 	res, err := decodeEnvelope(data, sc.tenant, typ, id, v)
 	if err != nil {
-		return nil, fmt.Errorf("fhirstore: %s: %w", versionKey(typ, id, v), err)
+		return nil, fmt.Errorf("fhirstore: %s: %w", layout.VersionKey(typ, id, v), err)
 	}
 	return res, nil
 }
@@ -84,14 +85,13 @@ func (s *Store) Versions(ctx context.Context, tenant, typ, id string) ([]int, er
 		return nil, err
 	}
 	var out []int
-	prefix := historyPrefix(typ, id)
+	prefix := layout.VersionsPrefix(typ, id)
 	for a, err := range storage.Walk(ctx, sc.b, storage.ListOptions{Prefix: prefix}) {
 		if err != nil {
 			return nil, fmt.Errorf("fhirstore: listing versions of %s/%s: %w", typ, id, err)
 		}
-		name, ok := strings.CutSuffix(strings.TrimPrefix(a.Key, prefix), ".json")
-		v, err := strconv.Atoi(name)
-		if !ok || err != nil || v < 1 || strconv.Itoa(v) != name {
+		v, ok := layout.ParseVersion(strings.TrimPrefix(a.Key, prefix))
+		if !ok {
 			continue // not a version object; Verify reports it
 		}
 		out = append(out, v)
@@ -151,7 +151,7 @@ func (s *Store) List(ctx context.Context, tenant, typ string, q ListQuery) (*Lis
 		}
 		after = id
 	}
-	prefix := "resources/" + typ + "/"
+	prefix := layout.TypePrefix(typ)
 	page := &ListPage{}
 	for {
 		opts := storage.ListOptions{Prefix: prefix, Delimiter: "/", MaxKeys: count - len(page.Resources)}
@@ -243,7 +243,7 @@ func (s *Store) Count(ctx context.Context, tenant, typ string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	prefix := "resources/" + typ + "/"
+	prefix := layout.TypePrefix(typ)
 	opts := storage.ListOptions{Prefix: prefix, Delimiter: "/"}
 	n := 0
 	for {

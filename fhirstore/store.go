@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/layout"
 	"fhirbucket/storage"
 )
 
@@ -196,19 +196,12 @@ func sameBucket(a, b storage.Bucket) (same bool) {
 	return a == b
 }
 
-var tenantPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
-var reservedTenants = map[string]bool{"resources": true, "history": true, "bulk": true, "tenants": true, "_system": true}
-
-// ValidTenant checks a tenant id: [A-Za-z0-9][A-Za-z0-9._-]{0,63}, and not
-// one of the reserved words resources, history, bulk, tenants, _system.
-// Errors wrap ErrInvalidTenant.
+// ValidTenant checks a tenant id with layout.ValidTenant:
+// [A-Za-z0-9][A-Za-z0-9._-]{0,63}, and not one of the reserved words
+// resources, history, bulk, tenants, _system. Errors wrap ErrInvalidTenant.
 func ValidTenant(tenant string) error {
-	if !tenantPattern.MatchString(tenant) {
-		return fmt.Errorf("%w: %q must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}", ErrInvalidTenant, tenant)
-	}
-	if reservedTenants[tenant] {
-		return fmt.Errorf("%w: %q is a reserved word", ErrInvalidTenant, tenant)
+	if err := layout.ValidTenant(tenant); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidTenant, err)
 	}
 	return nil
 }

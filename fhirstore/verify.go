@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/layout"
 	"fhirbucket/storage"
 )
 
@@ -71,7 +71,7 @@ func (s *Store) Verify(ctx context.Context, tenant string, repair bool) (*Report
 
 	// Events first, as a set of keys: a version then checks its two keys.
 	events := map[string]bool{}
-	for _, prefix := range []string{"history/type/", systemEventPrefix} {
+	for _, prefix := range []string{layout.TypeEventsPrefix, layout.SystemEventsPrefix} {
 		for a, err := range storage.Walk(ctx, b, storage.ListOptions{Prefix: prefix}) {
 			if err != nil {
 				return nil, fmt.Errorf("fhirstore: verify: listing %s: %w", prefix, err)
@@ -89,34 +89,23 @@ func (s *Store) Verify(ctx context.Context, tenant string, repair bool) (*Report
 	}
 	var all []*res
 	var last *res
-	for a, err := range storage.Walk(ctx, b, storage.ListOptions{Prefix: "resources/"}) {
+	for a, err := range storage.Walk(ctx, b, storage.ListOptions{Prefix: layout.ResourcesPrefix}) {
 		if err != nil {
-			return nil, fmt.Errorf("fhirstore: verify: listing resources/: %w", err)
+			return nil, fmt.Errorf("fhirstore: verify: listing %s: %w", layout.ResourcesPrefix, err)
 		}
-		parts := strings.Split(a.Key, "/")
-		ok := (len(parts) == 4 || len(parts) == 5) && fhir.IsResourceType(parts[1]) && fhir.ValidID(parts[2])
-		var v int
-		isCurrent := false
-		if ok && len(parts) == 4 {
-			ok, isCurrent = parts[3] == "current.json", true
-		} else if ok {
-			name, isJSON := strings.CutSuffix(parts[4], ".json")
-			var err error
-			v, err = strconv.Atoi(name)
-			ok = parts[3] == "_history" && isJSON && err == nil && v >= 1 && strconv.Itoa(v) == name
-		}
-		if !ok {
+		k, ok := layout.ParseResourceKey(a.Key)
+		if !ok || !fhir.IsResourceType(k.Type) || !fhir.ValidID(k.ID) {
 			add(Problem{Kind: ProblemBadKey, Key: a.Key, Detail: "not a key of the object layout"})
 			continue
 		}
-		if last == nil || last.typ != parts[1] || last.id != parts[2] {
-			last = &res{typ: parts[1], id: parts[2]}
+		if last == nil || last.typ != k.Type || last.id != k.ID {
+			last = &res{typ: k.Type, id: k.ID}
 			all = append(all, last)
 		}
-		if isCurrent {
+		if k.Version == 0 {
 			last.current = true
 		} else {
-			last.versions = append(last.versions, v)
+			last.versions = append(last.versions, k.Version)
 			rep.Versions++
 		}
 	}
@@ -147,7 +136,7 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 	byVersion := map[int][]byte{}
 	resOf := map[int]*Resource{}
 	for _, v := range versions {
-		key := versionKey(typ, id, v)
+		key := layout.VersionKey(typ, id, v)
 		data, _, err := storage.ReadAll(ctx, sc.b, key)
 		if err != nil {
 			return fmt.Errorf("fhirstore: verify: %s: %w", key, err)
@@ -161,7 +150,7 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 	}
 	for i, v := range versions {
 		if v != i+1 {
-			add(Problem{Kind: ProblemVersionGap, Key: historyPrefix(typ, id),
+			add(Problem{Kind: ProblemVersionGap, Key: layout.VersionsPrefix(typ, id),
 				Detail: fmt.Sprintf("versions are %v, not dense from 1", versions)})
 			break
 		}
@@ -172,7 +161,7 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 	}
 
 	// current.json against the highest version.
-	ck := currentKey(typ, id)
+	ck := layout.CurrentKey(typ, id)
 	cur := &current{}
 	if hasCurrent {
 		data, attrs, err := storage.ReadAll(ctx, sc.b, ck)
@@ -197,7 +186,7 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 	case cur.version() == top:
 	case cur.version() == top-1 && resOf[top] != nil:
 		// An unfinished write: the claimed version is committed.
-		p := Problem{Kind: ProblemClaimedVersion, Key: versionKey(typ, id, top),
+		p := Problem{Kind: ProblemClaimedVersion, Key: layout.VersionKey(typ, id, top),
 			Detail: fmt.Sprintf("version %d is claimed but current.json is at version %d", top, cur.version())}
 		if repair {
 			if err := s.finish(ctx, sc, typ, id, cur, resOf[top], byVersion[top]); err != nil {
@@ -207,8 +196,8 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 				s.notifyRollForward()
 				// finish wrote both events of the version too.
 				mu.Lock()
-				events[typeEventKey(sc.tenant, typ, id, top, resOf[top].LastModified)] = true
-				events[systemEventKey(sc.tenant, typ, id, top, resOf[top].LastModified)] = true
+				events[layout.TypeEventKey(sc.tenant, typ, id, top, resOf[top].LastModified)] = true
+				events[layout.SystemEventKey(sc.tenant, typ, id, top, resOf[top].LastModified)] = true
 				mu.Unlock()
 			}
 		}
@@ -228,8 +217,8 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 		}
 		ev := encodeEvent(r)
 		for _, key := range []string{
-			typeEventKey(sc.tenant, typ, id, v, r.LastModified),
-			systemEventKey(sc.tenant, typ, id, v, r.LastModified),
+			layout.TypeEventKey(sc.tenant, typ, id, v, r.LastModified),
+			layout.SystemEventKey(sc.tenant, typ, id, v, r.LastModified),
 		} {
 			mu.Lock()
 			_, ok := events[key]

@@ -8,18 +8,13 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"strconv"
 	"sync"
 	"time"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/layout"
 	"fhirbucket/storage"
 )
-
-// WriteOptions control Update and Delete.
-type WriteOptions struct {
-	IfMatch *Match // nil = unconditional
-}
 
 // current is what a writer knows of current.json: the version it holds
 // (res == nil: the object does not exist) and its storage ETag, the
@@ -38,7 +33,7 @@ func (c *current) version() int {
 
 // readCurrent GETs current.json (1 GET).
 func (s *Store) readCurrent(ctx context.Context, sc scope, typ, id string) (*current, error) {
-	data, attrs, err := storage.ReadAll(ctx, sc.b, currentKey(typ, id))
+	data, attrs, err := storage.ReadAll(ctx, sc.b, layout.CurrentKey(typ, id))
 	if errors.Is(err, storage.ErrNotExist) {
 		return &current{}, nil
 	}
@@ -47,7 +42,7 @@ func (s *Store) readCurrent(ctx context.Context, sc scope, typ, id string) (*cur
 	}
 	res, err := decodeEnvelope(data, sc.tenant, typ, id, 0)
 	if err != nil {
-		return nil, fmt.Errorf("fhirstore: %s: %w", currentKey(typ, id), err)
+		return nil, fmt.Errorf("fhirstore: %s: %w", layout.CurrentKey(typ, id), err)
 	}
 	return &current{res: res, etag: attrs.ETag}, nil
 }
@@ -60,22 +55,48 @@ var errIDTaken = errors.New("fhirstore: id already in use")
 // resource). Returning (nil, nil) means there is nothing to write.
 type buildFunc func(cur *Resource, lastUpdated time.Time) (*Resource, error)
 
-// write runs the write protocol of the package doc for one resource. known,
-// when non-nil, is the current state the caller already knows (Create knows
-// that a fresh id has none), which saves the GET of the first attempt.
-func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *current, creating bool,
-	opts WriteOptions, build buildFunc) (*Resource, error) {
+// writeReq is one write of one resource (see write).
+type writeReq struct {
+	typ, id string
+	// known, when non-nil, is the current state the caller already knows,
+	// which saves the GET of the first attempt. With assumed it was not
+	// read but inferred: a write of version 1 (base 0) needs no read,
+	// since winning the claim of version 1 proves there was none.
+	known   *current
+	assumed bool
+	// fresh marks a server-assigned id just drawn: a lost claim means the
+	// id is taken (errIDTaken), and Create draws another.
+	fresh bool
+	// base is the version the write replaces (0: the resource must not
+	// exist); with anyBase the write builds on whatever is current and
+	// retries lost races.
+	base    int
+	anyBase bool
+	ifMatch *Match // nil = none
+	build   buildFunc
+}
+
+// write runs the write protocol of the package doc for one resource: it
+// reads the current version N (unless known), checks the preconditions,
+// builds N+1, claims it and finishes it. A lost claim rolls N+1 forward
+// and then fails with ErrPreconditionFailed when the write was
+// conditional (ifMatch, or !anyBase), or retries otherwise.
+func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, error) {
+	typ, id := w.typ, w.id
 	for attempt := 0; ; attempt++ {
-		cur := known
-		known = nil
+		cur, assumed := w.known, w.assumed
+		w.known, w.assumed = nil, false
 		if cur == nil {
 			var err error
 			if cur, err = s.readCurrent(ctx, sc, typ, id); err != nil {
 				return nil, err
 			}
 		}
-		if opts.IfMatch != nil && !opts.IfMatch.matches(cur.res) {
-			return nil, preconditionError(typ, id, opts.IfMatch, cur.res)
+		if w.ifMatch != nil && !w.ifMatch.matches(cur.res) {
+			return nil, preconditionError(typ, id, w.ifMatch, cur.res)
+		}
+		if !w.anyBase && cur.version() != w.base {
+			return nil, baseError(typ, id, w.base, cur.res, false)
 		}
 		lastUpdated := truncMS(s.now())
 		if cur.res != nil && lastUpdated.Before(cur.res.LastModified) {
@@ -85,7 +106,7 @@ func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *curr
 			// at the first older version.
 			lastUpdated = cur.res.LastModified
 		}
-		next, err := build(cur.res, lastUpdated)
+		next, err := w.build(cur.res, lastUpdated)
 		if err != nil || next == nil {
 			return nil, err
 		}
@@ -93,7 +114,7 @@ func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *curr
 		data := encodeEnvelope(next)
 
 		// Step 1: claim the version number.
-		_, err = sc.b.Put(ctx, versionKey(typ, id, next.Version), bytes.NewReader(data),
+		_, err = sc.b.Put(ctx, layout.VersionKey(typ, id, next.Version), bytes.NewReader(data),
 			storage.PutOptions{ContentType: contentTypeJSON, IfNoneMatch: "*", Size: int64(len(data))})
 		switch {
 		case err == nil:
@@ -102,8 +123,22 @@ func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *curr
 			}
 			return next, nil
 		case errors.Is(err, storage.ErrPreconditionFailed):
-			if creating {
+			if w.fresh {
 				return nil, errIDTaken
+			}
+			if assumed {
+				// Version 1 exists: the resource does too, or a writer
+				// holds the claim of version 1. Only in that second case
+				// is there anything to roll forward.
+				if cur, err = s.readCurrent(ctx, sc, typ, id); err != nil {
+					return nil, err
+				}
+				if cur.version() == 0 {
+					if _, err := s.rollForward(ctx, sc, typ, id, cur); err != nil {
+						return nil, err
+					}
+				}
+				return nil, baseError(typ, id, w.base, nil, true)
 			}
 			// Someone holds version N+1: a live writer between its steps,
 			// or one that crashed after its claim. Roll it forward either
@@ -111,11 +146,14 @@ func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *curr
 			// package doc), so that a crashed claim never blocks the
 			// resource and a conditional client re-reading sees the new
 			// version.
-			if err := s.rollForward(ctx, sc, typ, id, cur); err != nil {
+			if _, err := s.rollForward(ctx, sc, typ, id, cur); err != nil {
 				return nil, err
 			}
-			if opts.IfMatch != nil {
-				return nil, preconditionError(typ, id, opts.IfMatch, nil)
+			if w.ifMatch != nil {
+				return nil, preconditionError(typ, id, w.ifMatch, nil)
+			}
+			if !w.anyBase {
+				return nil, baseError(typ, id, w.base, nil, true)
 			}
 		case errors.Is(err, storage.ErrConflict):
 			// 409: a concurrent conditional write of the same key; nothing
@@ -131,6 +169,21 @@ func (s *Store) write(ctx context.Context, sc scope, typ, id string, known *curr
 			return nil, err
 		}
 	}
+}
+
+// baseError reports that the current version of typ/id is not base: cur
+// is what was read, or lost reports that another writer claimed base+1
+// first.
+func baseError(typ, id string, base int, cur *Resource, lost bool) error {
+	switch {
+	case lost:
+		return fmt.Errorf("%w: %s/%s: version %d was written by another writer", ErrPreconditionFailed, typ, id, base+1)
+	case cur == nil:
+		return fmt.Errorf("%w: %s/%s does not exist, expected version %d", ErrPreconditionFailed, typ, id, base)
+	case base == 0:
+		return fmt.Errorf("%w: %s/%s exists (at version %d)", ErrPreconditionFailed, typ, id, cur.Version)
+	}
+	return fmt.Errorf("%w: %s/%s is at version %d, expected version %d", ErrPreconditionFailed, typ, id, cur.Version, base)
 }
 
 func preconditionError(typ, id string, m *Match, cur *Resource) error {
@@ -168,19 +221,19 @@ func (s *Store) finish(ctx context.Context, sc scope, typ, id string, cur *curre
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		errType = s.putEvent(ctx, sc.b, typeEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
+		errType = s.putEvent(ctx, sc.b, layout.TypeEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
 	}()
 	go func() {
 		defer wg.Done()
-		errSys = s.putEvent(ctx, sc.b, systemEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
+		errSys = s.putEvent(ctx, sc.b, layout.SystemEventKey(next.Tenant, typ, id, next.Version, next.LastModified), ev)
 	}()
 	errCur = s.movePointer(ctx, sc, typ, id, cur, next, data)
 	wg.Wait()
 	if errType == nil {
-		s.noteNewest(sc.tenant+"\x00"+typeEventPrefix(typ), next.LastModified.UnixMilli())
+		s.noteNewest(sc.tenant+"\x00"+layout.TypeEventPrefix(typ), next.LastModified.UnixMilli())
 	}
 	if errSys == nil {
-		s.noteNewest(sc.tenant+"\x00"+systemEventPrefix, next.LastModified.UnixMilli())
+		s.noteNewest(sc.tenant+"\x00"+layout.SystemEventsPrefix, next.LastModified.UnixMilli())
 	}
 	if err := errors.Join(errCur, errType, errSys); err != nil {
 		return fmt.Errorf("fhirstore: %s/%s version %d is committed but not complete (the next write or a repair rolls it forward): %w",
@@ -210,7 +263,7 @@ func (s *Store) movePointer(ctx context.Context, sc scope, typ, id string, cur *
 		} else {
 			opts.IfMatch = cur.etag
 		}
-		_, err := sc.b.Put(ctx, currentKey(typ, id), bytes.NewReader(data), opts)
+		_, err := sc.b.Put(ctx, layout.CurrentKey(typ, id), bytes.NewReader(data), opts)
 		if err == nil {
 			return nil
 		}
@@ -238,27 +291,28 @@ func (s *Store) movePointer(ctx context.Context, sc scope, typ, id string, cur *
 
 // rollForward completes the version claimed right after cur (N+1): it
 // copies _history/{N+1}.json byte for byte to current.json (If-Match the
-// ETag of N) and writes its events. It is a no-op when N+1 does not exist.
+// ETag of N) and writes its events. It is a no-op when N+1 does not exist,
+// and reports whether it did.
 // The bytes are the claimant's own, so whether the claimant is alive or
 // crashed, current.json ends up exactly as the claimant would have left it.
-func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current) error {
+func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current) (bool, error) {
 	v := cur.version() + 1
-	data, _, err := storage.ReadAll(ctx, sc.b, versionKey(typ, id, v))
+	data, _, err := storage.ReadAll(ctx, sc.b, layout.VersionKey(typ, id, v))
 	if errors.Is(err, storage.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("fhirstore: rolling forward %s/%s version %d: %w", typ, id, v, err)
+		return false, fmt.Errorf("fhirstore: rolling forward %s/%s version %d: %w", typ, id, v, err)
 	}
 	res, err := decodeEnvelope(data, sc.tenant, typ, id, v)
 	if err != nil {
-		return fmt.Errorf("fhirstore: rolling forward %s: %w", versionKey(typ, id, v), err)
+		return false, fmt.Errorf("fhirstore: rolling forward %s: %w", layout.VersionKey(typ, id, v), err)
 	}
 	if err := s.finish(ctx, sc, typ, id, cur, res, data); err != nil {
-		return err
+		return false, err
 	}
 	s.notifyRollForward()
-	return nil
+	return true, nil
 }
 
 // newID draws a server-assigned id: 32 lowercase hex digits (128 random bits).
@@ -283,102 +337,4 @@ func (s *Store) validate(body []byte, typ string) (fhir.Info, error) {
 		return info, fmt.Errorf("%w: resourceType %q does not match the resource type %q of the request", ErrInvalid, info.Type, typ)
 	}
 	return info, nil
-}
-
-// Create stores a new resource of type typ with a server-assigned id (32
-// lowercase hex digits) as version 1 (method POST). Any id, meta.versionId
-// or meta.lastUpdated in body is replaced. Cost: exactly 4 PUTs (claim,
-// current.json, two events), no GET or HEAD.
-func (s *Store) Create(ctx context.Context, tenant, typ string, body []byte) (*Resource, error) {
-	sc, err := s.checkTarget(tenant, typ, "", false)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.validate(body, typ); err != nil {
-		return nil, err
-	}
-	for range 3 {
-		id := newID()
-		res, err := s.write(ctx, sc, typ, id, &current{}, true, WriteOptions{}, func(_ *Resource, lu time.Time) (*Resource, error) {
-			content, err := fhir.SetMeta(body, id, "1", lu)
-			if err != nil {
-				return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-			}
-			return &Resource{Type: typ, ID: id, Tenant: tenant, Content: content, CreatedAt: lu, LastModified: lu, Method: MethodPost}, nil
-		})
-		if errors.Is(err, errIDTaken) {
-			continue
-		}
-		return res, err
-	}
-	return nil, fmt.Errorf("%w: could not draw an unused id", ErrVersionConflict)
-}
-
-// Update writes a new version of typ/id with method PUT.
-//
-// Decisions: when typ/id does not exist it is created as version 1 and
-// created is true (FHIR update-as-create, 201). A PUT on a tombstone
-// restores the resource as the next version with created == false: the
-// resource and its history already exist, only its current version was a
-// deletion, so the answer is 200 with the new version; created_at keeps
-// the time of the original version 1. body's resourceType must be typ and
-// its id must equal id (missing or different -> ErrInvalid). With
-// opts.IfMatch not matching the current version -> ErrPreconditionFailed
-// (see Match for "*" and tombstones); an If-Match on a missing resource
-// fails and never creates. A lost race of an unconditional update is
-// retried up to Config.WriteRetries times, then ErrVersionConflict. Cost
-// with a known current: 1 GET + 4 PUTs.
-func (s *Store) Update(ctx context.Context, tenant, typ, id string, body []byte, opts WriteOptions) (res *Resource, created bool, err error) {
-	sc, err := s.checkTarget(tenant, typ, id, true)
-	if err != nil {
-		return nil, false, err
-	}
-	info, err := s.validate(body, typ)
-	if err != nil {
-		return nil, false, err
-	}
-	if info.ID == "" {
-		return nil, false, fmt.Errorf("%w: the resource has no id; an update must carry id %q", ErrInvalid, id)
-	}
-	if info.ID != id {
-		return nil, false, fmt.Errorf("%w: the resource id %q does not match the id %q of the request", ErrInvalid, info.ID, id)
-	}
-	res, err = s.write(ctx, sc, typ, id, nil, false, opts, func(cur *Resource, lu time.Time) (*Resource, error) {
-		v, createdAt := 1, lu
-		created = cur == nil
-		if cur != nil {
-			v, createdAt = cur.Version+1, cur.CreatedAt
-		}
-		content, err := fhir.SetMeta(body, id, strconv.Itoa(v), lu)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-		return &Resource{Type: typ, ID: id, Tenant: tenant, Content: content, CreatedAt: createdAt, LastModified: lu, Method: MethodPut}, nil
-	})
-	if err != nil {
-		return nil, false, err
-	}
-	return res, created, nil
-}
-
-// Delete writes a tombstone: a new version with method DELETE and
-// deleted_at set, whose content is the previous version's content byte for
-// byte (its meta.versionId therefore still names the previous version; the
-// tombstone's own version is Resource.Version). Deleting a missing or
-// already deleted resource writes nothing and returns (nil, nil), also
-// with an If-Match naming the tombstone's version. IfMatch not holding ->
-// ErrPreconditionFailed (also on a missing resource). Cost with a known
-// current: 1 GET + 4 PUTs; 1 GET when there is nothing to delete.
-func (s *Store) Delete(ctx context.Context, tenant, typ, id string, opts WriteOptions) (*Resource, error) {
-	sc, err := s.checkTarget(tenant, typ, id, true)
-	if err != nil {
-		return nil, err
-	}
-	return s.write(ctx, sc, typ, id, nil, false, opts, func(cur *Resource, lu time.Time) (*Resource, error) {
-		if cur == nil || cur.Deleted() {
-			return nil, nil
-		}
-		return &Resource{Type: typ, ID: id, Tenant: tenant, Content: cur.Content, CreatedAt: cur.CreatedAt,
-			LastModified: lu, DeletedAt: &lu, Method: MethodDelete}, nil
-	})
 }
