@@ -330,6 +330,10 @@ func (p *planner) parseEntry(i int, raw json.RawMessage) (*Entry, json.RawMessag
 	e := &Entry{Index: i}
 	var be fhir.BundleEntry
 	if err := decodeObject(raw, &be); err != nil {
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) && ute.Field != "" {
+			return e, nil, invalidf("%s: a JSON %s is not allowed there", ute.Field, ute.Value)
+		}
 		return e, nil, invalidf("%v", err)
 	}
 	e.FullURL = be.FullURL

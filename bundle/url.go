@@ -198,7 +198,11 @@ func (p *planner) parseRequest(method, raw string) (target, error) {
 			t.interaction = Create
 		case "PUT", "DELETE":
 			if hasQuery {
-				return t, notSupportedf("request.url %q: conditional %s is not supported", raw, strings.ToLower(method))
+				what := "update"
+				if method == "DELETE" {
+					what = "delete"
+				}
+				return t, notSupportedf("request.url %q: conditional %s is not supported", raw, what)
 			}
 			return t, invalidf("request.url %q: a %s needs an id (Type/id)", raw, method)
 		}
