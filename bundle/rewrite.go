@@ -309,57 +309,93 @@ func (w *rewriter) div(raw []byte, escaped bool) error {
 }
 
 // rewriteLinks replaces the values of href and src attributes in the
-// XHTML x that sub replaces. Only attributes written name="value" or
-// name='value' (spaces allowed around "=") are looked at.
+// XHTML x that sub replaces. It reads start tags only (not text, comments
+// or end tags), and only attributes written name="value" or name='value',
+// white space allowed around "=". Malformed markup ends the scan; what
+// was not looked at is copied as it is.
 func rewriteLinks(x string, sub substituter) (string, bool, error) {
 	var b strings.Builder
 	last, changed := 0, false
-	for i := 0; i < len(x); {
-		eq := strings.IndexByte(x[i:], '=')
-		if eq < 0 {
+	i := 0
+scan:
+	for i < len(x) {
+		lt := strings.IndexByte(x[i:], '<')
+		if lt < 0 {
 			break
 		}
-		eq += i
-		i = eq + 1
-		k := eq
-		for k > 0 && x[k-1] == ' ' {
-			k--
-		}
-		nameEnd := k
-		for k > 0 && isNameByte(x[k-1]) {
-			k--
-		}
-		name := x[k:nameEnd]
-		if name != "href" && name != "src" || k == 0 || !isXMLSpace(x[k-1]) {
+		j := i + lt + 1
+		if strings.HasPrefix(x[j:], "!--") {
+			end := strings.Index(x[j+3:], "-->")
+			if end < 0 {
+				break
+			}
+			i = j + 3 + end + 3
 			continue
 		}
-		v := eq + 1
-		for v < len(x) && x[v] == ' ' {
-			v++
-		}
-		if v >= len(x) || x[v] != '"' && x[v] != '\'' {
+		if j < len(x) && (x[j] == '/' || x[j] == '!' || x[j] == '?') {
+			i = j
 			continue
 		}
-		closing := strings.IndexByte(x[v+1:], x[v])
-		if closing < 0 {
-			break
+		for j < len(x) && isNameByte(x[j]) {
+			j++
 		}
-		start, stop := v+1, v+1+closing
-		i = stop + 1
-		val := x[start:stop]
-		if strings.IndexByte(val, '&') >= 0 {
-			val = html.UnescapeString(val)
+		// Attributes until '>' or "/>".
+		for {
+			for j < len(x) && isXMLSpace(x[j]) {
+				j++
+			}
+			if j >= len(x) {
+				break scan
+			}
+			if x[j] == '>' || x[j] == '/' {
+				i = j + 1
+				continue scan
+			}
+			start := j
+			for j < len(x) && isNameByte(x[j]) {
+				j++
+			}
+			name := x[start:j]
+			if name == "" {
+				j++ // not markup we understand: step over it
+				continue
+			}
+			for j < len(x) && isXMLSpace(x[j]) {
+				j++
+			}
+			if j >= len(x) || x[j] != '=' {
+				continue
+			}
+			j++
+			for j < len(x) && isXMLSpace(x[j]) {
+				j++
+			}
+			if j >= len(x) || x[j] != '"' && x[j] != '\'' {
+				break scan
+			}
+			closing := strings.IndexByte(x[j+1:], x[j])
+			if closing < 0 {
+				break scan
+			}
+			vStart, vEnd := j+1, j+1+closing
+			j = vEnd + 1
+			if name != "href" && name != "src" {
+				continue
+			}
+			val := x[vStart:vEnd]
+			if strings.IndexByte(val, '&') >= 0 {
+				val = html.UnescapeString(val)
+			}
+			repl, ok, err := sub.subst([]byte(val))
+			if err != nil {
+				return "", false, err
+			}
+			if ok {
+				b.WriteString(x[last:vStart])
+				b.WriteString(repl) // Type/id: nothing to escape
+				last, changed = vEnd, true
+			}
 		}
-		repl, ok, err := sub.subst([]byte(val))
-		if err != nil {
-			return "", false, err
-		}
-		if !ok {
-			continue
-		}
-		b.WriteString(x[last:start])
-		b.WriteString(repl) // Type/id: nothing to escape
-		last, changed = stop, true
 	}
 	if !changed {
 		return x, false, nil
