@@ -120,7 +120,6 @@ func checkEntry(t *testing.T, e *Entry) {
 	}
 }
 
-
 // syntheaSlice returns a transaction of the first n entries of a Synthea
 // record, compact.
 func syntheaSlice(t testing.TB, data []byte, n int) []byte {

@@ -1,13 +1,11 @@
 package bundle
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"strings"
 	"time"
@@ -184,44 +182,22 @@ func NewPlan(data []byte, opts Options) (*Plan, error) {
 	if maxEntries == 0 {
 		maxEntries = DefaultMaxEntries
 	}
-	var head struct {
-		ResourceType string          `json:"resourceType"`
-		Type         string          `json:"type"`
-		Entry        json.RawMessage `json:"entry"`
+	h, err := parseHead(data)
+	if err != nil {
+		return nil, err
 	}
-	if err := decodeObject(data, &head); err != nil {
-		return nil, invalidf("Bundle: %v", err)
-	}
-	if head.ResourceType != "Bundle" {
-		return nil, invalidf("resourceType is %q, want \"Bundle\"", head.ResourceType)
-	}
-	switch head.Type {
-	case fhir.BundleBatch, fhir.BundleTransaction, fhir.BundleHistory:
-	case "":
-		return nil, invalidf("Bundle.type is missing")
-	default:
-		return nil, invalidf("Bundle.type is %q; POST [base] takes a batch, transaction or history Bundle", head.Type)
-	}
-	var raws []json.RawMessage
-	if e := bytes.TrimSpace(head.Entry); len(e) > 0 && string(e) != "null" {
-		if e[0] != '[' {
-			return nil, invalidf("Bundle.entry is not an array")
-		}
-		if err := json.Unmarshal(e, &raws); err != nil {
-			return nil, invalidf("Bundle.entry: %v", err)
-		}
-	}
+	raws := h.entries
 	if len(raws) > maxEntries {
 		return nil, fmt.Errorf("%w: the Bundle has %d entries, at most %d are accepted", ErrTooMany, len(raws), maxEntries)
 	}
 	p := &planner{
 		base:        b,
 		validator:   opts.Validator,
-		transaction: head.Type == fhir.BundleTransaction,
-		history:     head.Type == fhir.BundleHistory,
+		transaction: h.typ == fhir.BundleTransaction,
+		history:     h.typ == fhir.BundleHistory,
 	}
-	plan := &Plan{Type: head.Type, Transaction: p.transaction, Entries: make([]*Entry, len(raws))}
-	resources := make([]json.RawMessage, len(raws))
+	plan := &Plan{Type: h.typ, Transaction: p.transaction, Entries: make([]*Entry, len(raws))}
+	resources := make([][]byte, len(raws))
 
 	// Pass 1: each entry on its own, then what entries must not share.
 	firstErr := -1
@@ -326,21 +302,17 @@ func ownRef(e *Entry) string {
 // parseEntry checks one entry on its own (pass 1). It returns the entry
 // (partly filled when err != nil) and, for POST and PUT, the resource to
 // prepare in pass 2.
-func (p *planner) parseEntry(i int, raw json.RawMessage) (*Entry, json.RawMessage, error) {
+func (p *planner) parseEntry(i int, raw []byte) (*Entry, []byte, error) {
 	e := &Entry{Index: i}
-	var be fhir.BundleEntry
-	if err := decodeObject(raw, &be); err != nil {
-		var ute *json.UnmarshalTypeError
-		if errors.As(err, &ute) && ute.Field != "" {
-			return e, nil, invalidf("%s: a JSON %s is not allowed there", ute.Field, ute.Value)
-		}
-		return e, nil, invalidf("%v", err)
-	}
-	e.FullURL = be.FullURL
-	if err := p.checkFullURL(be.FullURL); err != nil {
+	be, err := parseEntryMembers(raw)
+	if err != nil {
 		return e, nil, err
 	}
-	r := be.Request
+	e.FullURL = be.fullURL
+	if err := p.checkFullURL(be.fullURL); err != nil {
+		return e, nil, err
+	}
+	r := be.request
 	if r == nil {
 		return e, nil, invalidf("request is missing")
 	}
@@ -384,7 +356,7 @@ func (p *planner) parseEntry(i int, raw json.RawMessage) (*Entry, json.RawMessag
 		// deleted content) has no use and is ignored.
 		return e, nil, nil
 	}
-	res := be.Resource
+	res := be.resource
 	if len(res) == 0 || string(res) == "null" {
 		return e, nil, invalidf("a %s needs a resource", e.Method)
 	}
@@ -444,7 +416,7 @@ func (p *planner) checkFullURLTarget(e *Entry) error {
 
 // prepareResource rewrites and validates the resource of a POST or PUT
 // (pass 2) and stores the result in e.Resource.
-func (p *planner) prepareResource(e *Entry, res json.RawMessage) error {
+func (p *planner) prepareResource(e *Entry, res []byte) error {
 	setID := ""
 	if e.Method == "POST" {
 		setID = e.ID
@@ -510,19 +482,139 @@ func newID() string {
 	return hex.EncodeToString(r[:])
 }
 
-// decodeObject decodes data, which must be one JSON object, into v,
-// keeping numbers as json.Number.
-func decodeObject(data []byte, v any) error {
-	if i := skipWS(data, 0); i >= len(data) || data[i] != '{' {
-		return fmt.Errorf("not a JSON object")
+// head is what NewPlan reads of the Bundle itself.
+type head struct {
+	typ     string
+	entries [][]byte
+}
+
+// parseHead checks the Bundle's JSON and its resourceType, type and entry
+// members, and returns the type and the raw entries.
+func parseHead(data []byte) (*head, error) {
+	if !json.Valid(data) {
+		var v json.RawMessage
+		err := json.Unmarshal(data, &v) // for the message: where and why
+		if err == nil {
+			err = fmt.Errorf("not valid JSON")
+		}
+		return nil, invalidf("Bundle: %v", err)
 	}
-	d := json.NewDecoder(bytes.NewReader(data))
-	d.UseNumber()
-	if err := d.Decode(v); err != nil {
-		return err
+	var h head
+	var rt, typ, entry []byte
+	err := forEachMember(data, func(name string, v []byte) error {
+		var dst *[]byte
+		switch name {
+		case "resourceType":
+			dst = &rt
+		case "type":
+			dst = &typ
+		case "entry":
+			dst = &entry
+		default:
+			return nil
+		}
+		if *dst != nil {
+			return invalidf("Bundle: duplicate member %q", name)
+		}
+		*dst = v
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrInvalid) {
+			return nil, err
+		}
+		return nil, invalidf("Bundle: %v", err)
 	}
-	if _, err := d.Token(); err != io.EOF {
-		return fmt.Errorf("data after the JSON object")
+	if rt == nil {
+		return nil, invalidf("resourceType is missing, want \"Bundle\"")
 	}
-	return nil
+	if s, ok := stringValue(rt); !ok || s != "Bundle" {
+		return nil, invalidf("resourceType is %s, want \"Bundle\"", rt)
+	}
+	if typ == nil {
+		return nil, invalidf("Bundle.type is missing")
+	}
+	var ok bool
+	if h.typ, ok = stringValue(typ); !ok {
+		return nil, invalidf("Bundle.type is %s, not a string", jsonKind(typ))
+	}
+	switch h.typ {
+	case fhir.BundleBatch, fhir.BundleTransaction, fhir.BundleHistory:
+	default:
+		return nil, invalidf("Bundle.type is %q; POST [base] takes a batch, transaction or history Bundle", h.typ)
+	}
+	if entry != nil && string(entry) != "null" {
+		if entry[0] != '[' {
+			return nil, invalidf("Bundle.entry is %s, not an array", jsonKind(entry))
+		}
+		if h.entries, err = elements(entry); err != nil {
+			return nil, invalidf("Bundle.entry: %v", err)
+		}
+	}
+	return &h, nil
+}
+
+// entryMembers is what NewPlan reads of one Bundle.entry.
+type entryMembers struct {
+	fullURL  string
+	request  *fhir.BundleEntryRequest
+	resource []byte // raw, nil when absent
+}
+
+// parseEntryMembers reads fullUrl, request and resource of one entry
+// (valid JSON); other members (search, response) are not looked at.
+func parseEntryMembers(raw []byte) (*entryMembers, error) {
+	if raw[0] != '{' {
+		return nil, invalidf("the entry is %s, not an object", jsonKind(raw))
+	}
+	var m entryMembers
+	var seenFull, seenReq, seenRes bool
+	err := forEachMember(raw, func(name string, v []byte) error {
+		var seen *bool
+		switch name {
+		case "fullUrl":
+			seen = &seenFull
+		case "request":
+			seen = &seenReq
+		case "resource":
+			seen = &seenRes
+		default:
+			return nil
+		}
+		if *seen {
+			return invalidf("duplicate member %q", name)
+		}
+		*seen = true
+		switch name {
+		case "fullUrl":
+			s, ok := stringValue(v)
+			if !ok {
+				return invalidf("fullUrl is %s, not a string", jsonKind(v))
+			}
+			m.fullURL = s
+		case "request":
+			if v[0] != '{' {
+				return invalidf("request is %s, not an object", jsonKind(v))
+			}
+			var r fhir.BundleEntryRequest
+			if err := json.Unmarshal(v, &r); err != nil {
+				var ute *json.UnmarshalTypeError
+				if errors.As(err, &ute) && ute.Field != "" {
+					return invalidf("request.%s is a JSON %s, not a string", ute.Field, ute.Value)
+				}
+				return invalidf("request: %v", err)
+			}
+			m.request = &r
+		case "resource":
+			m.resource = v
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrInvalid) {
+			return nil, err
+		}
+		return nil, invalidf("%v", err)
+	}
+	return &m, nil
 }
