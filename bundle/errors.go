@@ -35,12 +35,15 @@ type EntryError struct {
 	Err error
 }
 
-func (e *EntryError) Error() string {
+func (e *EntryError) Error() string { return e.Where() + ": " + e.Err.Error() }
+
+// Where names the entry: Bundle.entry[i], with its fullUrl when it has one.
+func (e *EntryError) Where() string {
 	s := "Bundle.entry[" + strconv.Itoa(e.Index) + "]"
 	if e.FullURL != "" {
 		s += " (fullUrl " + strconv.Quote(e.FullURL) + ")"
 	}
-	return s + ": " + e.Err.Error()
+	return s
 }
 
 // Unwrap gives errors.Is and errors.As access to the cause.

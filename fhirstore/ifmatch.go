@@ -34,6 +34,10 @@ func (m *Match) matches(cur *Resource) bool {
 	return slices.Contains(m.Versions, cur.Version)
 }
 
+// Matches reports whether the precondition holds for a resource whose
+// visible current version is cur (nil: no resource).
+func (m *Match) Matches(cur *Resource) bool { return m.matches(cur) }
+
 // String renders m as an If-Match header value.
 func (m *Match) String() string {
 	if m.Any {

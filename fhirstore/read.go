@@ -24,17 +24,28 @@ func (s *Store) Read(ctx context.Context, tenant, typ, id string) (*Resource, er
 	if err != nil {
 		return nil, err
 	}
+	res, err := s.readVisible(ctx, sc, typ, id)
+	if err != nil {
+		return nil, err
+	}
+	if res == nil {
+		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, typ, id)
+	}
+	if res.Deleted() {
+		return res, fmt.Errorf("%w: %s/%s was deleted at version %d", ErrGone, typ, id, res.Version)
+	}
+	return res, nil
+}
+
+// readVisible returns the version of typ/id readers see (nil: none):
+// current.json, or the version below it that a transaction which has not
+// committed hides (tx.go).
+func (s *Store) readVisible(ctx context.Context, sc scope, typ, id string) (*Resource, error) {
 	cur, err := s.readCurrent(ctx, sc, typ, id)
 	if err != nil {
 		return nil, err
 	}
-	if cur.res == nil {
-		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, typ, id)
-	}
-	if cur.res.Deleted() {
-		return cur.res, fmt.Errorf("%w: %s/%s was deleted at version %d", ErrGone, typ, id, cur.res.Version)
-	}
-	return cur.res, nil
+	return s.visible(ctx, sc, cur.res)
 }
 
 // VRead returns one version of typ/id; version is the URL segment, and a
@@ -53,6 +64,12 @@ func (s *Store) VRead(ctx context.Context, tenant, typ, id, version string) (*Re
 	}
 	res, err := s.readVersion(ctx, sc, typ, id, v)
 	if err != nil {
+		return nil, err
+	}
+	if ok, err := s.committed(ctx, sc, res); err != nil || !ok {
+		if err == nil {
+			err = fmt.Errorf("%w: %s/%s has no version %d", ErrNotFound, typ, id, v)
+		}
 		return nil, err
 	}
 	if res.Deleted() {
@@ -199,17 +216,14 @@ func idsOf(prefixes []string, prefix string) []string {
 	return ids
 }
 
-// readCurrents GETs current.json of every id in parallel; a missing one is
-// nil in the result.
+// readCurrents reads the visible version of every id in parallel; a
+// missing one is nil in the result.
 func (s *Store) readCurrents(ctx context.Context, sc scope, typ string, ids []string) ([]*Resource, error) {
 	out := make([]*Resource, len(ids))
 	err := s.forEach(ctx, len(ids), func(ctx context.Context, i int) error {
-		cur, err := s.readCurrent(ctx, sc, typ, ids[i])
-		if err != nil {
-			return err
-		}
-		out[i] = cur.res
-		return nil
+		res, err := s.readVisible(ctx, sc, typ, ids[i])
+		out[i] = res
+		return err
 	})
 	return out, err
 }

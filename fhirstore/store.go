@@ -80,6 +80,10 @@ type Config struct {
 	HistoryWindow time.Duration
 	// Hooks report events for telemetry (optional; see Hooks).
 	Hooks Hooks
+	// TxWait is how long a writer waits for an open transaction whose
+	// version it finds current before it fails with ErrTxInProgress.
+	// Default DefaultTxWait; negative: do not wait.
+	TxWait time.Duration
 }
 
 // Store keeps versioned FHIR resources in object storage. It is safe for
@@ -97,6 +101,8 @@ type Store struct {
 	retries   int
 	window    int64 // ms
 	hooks     Hooks
+	txWait    time.Duration
+	txs       txCache // finished transaction outcomes (tx.go)
 
 	// windowHint remembers, per tenant and history listing, the window
 	// size that last produced a full page, so that the next first page
@@ -113,7 +119,7 @@ func New(cfg Config) (*Store, error) {
 	s := &Store{
 		mode: cfg.Mode, validator: cfg.Validator, now: cfg.Now, log: cfg.Logger,
 		par: cfg.Parallelism, retries: cfg.WriteRetries, window: cfg.HistoryWindow.Milliseconds(),
-		prefix: strings.Trim(cfg.Prefix, "/"), hooks: cfg.Hooks,
+		prefix: strings.Trim(cfg.Prefix, "/"), hooks: cfg.Hooks, txWait: cfg.TxWait,
 	}
 	if s.validator == nil {
 		return nil, errors.New("fhirstore: Config.Validator is required")
@@ -129,6 +135,9 @@ func New(cfg Config) (*Store, error) {
 	}
 	if s.retries <= 0 {
 		s.retries = DefaultWriteRetries
+	}
+	if s.txWait == 0 {
+		s.txWait = DefaultTxWait
 	}
 	if s.window <= 0 {
 		s.window = 1000
@@ -270,6 +279,15 @@ func (s *Store) Tenants(ctx context.Context) ([]string, error) {
 type scope struct {
 	b      storage.Bucket
 	tenant string
+}
+
+// scope validates tenant and returns its scope.
+func (s *Store) scope(tenant string) (scope, error) {
+	b, err := s.TenantBucket(tenant)
+	if err != nil {
+		return scope{}, err
+	}
+	return scope{b: b, tenant: tenant}, nil
 }
 
 // checkTarget validates tenant, type and (when needID) id before any I/O

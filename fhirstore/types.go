@@ -53,6 +53,9 @@ type Resource struct {
 	LastModified time.Time
 	DeletedAt    *time.Time
 	Method       Method
+	// Tx is the id of the transaction that wrote this version ("" for a
+	// write outside a transaction); see tx.go for who sees it when.
+	Tx string
 }
 
 // Deleted reports whether this version is a tombstone.

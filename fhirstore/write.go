@@ -92,8 +92,16 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 				return nil, err
 			}
 		}
-		if w.ifMatch != nil && !w.ifMatch.matches(cur.res) {
-			return nil, preconditionError(typ, id, w.ifMatch, cur.res)
+		// vis is what readers see: cur, or an older version when cur
+		// belongs to a transaction that aborted (an open one is waited
+		// for). The change builds on it, while the claim and the pointer
+		// move stay conditional on cur.
+		vis, err := s.settle(ctx, sc, cur)
+		if err != nil {
+			return nil, err
+		}
+		if w.ifMatch != nil && !w.ifMatch.matches(vis) {
+			return nil, preconditionError(typ, id, w.ifMatch, vis)
 		}
 		if !w.anyBase && cur.version() != w.base {
 			return nil, baseError(typ, id, w.base, cur.res, false)
@@ -106,7 +114,7 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 			// at the first older version.
 			lastUpdated = cur.res.LastModified
 		}
-		next, err := w.build(cur.res, lastUpdated)
+		next, err := w.build(vis, lastUpdated)
 		if err != nil || next == nil {
 			return nil, err
 		}
@@ -150,7 +158,16 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 				return nil, err
 			}
 			if w.ifMatch != nil {
-				return nil, preconditionError(typ, id, w.ifMatch, nil)
+				// A version readers cannot see (its transaction did not
+				// commit) changes nothing they were promised: check the
+				// precondition again on top of it.
+				hidden, err := s.hiddenVersion(ctx, sc, typ, id, cur.version()+1)
+				if err != nil {
+					return nil, err
+				}
+				if !hidden || !w.anyBase {
+					return nil, preconditionError(typ, id, w.ifMatch, nil)
+				}
 			}
 			if !w.anyBase {
 				return nil, baseError(typ, id, w.base, nil, true)

@@ -13,6 +13,7 @@ import (
 	"net/http"
 
 	"fhirbucket/auth"
+	"fhirbucket/bundle"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 	"fhirbucket/storage"
@@ -57,6 +58,11 @@ var table = []Rule{
 	{fhir.ErrInvalid, http.StatusBadRequest, "invalid", fhir.SeverityError, ""},
 	{fhirstore.ErrNotFound, http.StatusNotFound, "not-found", fhir.SeverityError, ""},
 	{fhirstore.ErrGone, http.StatusGone, "deleted", fhir.SeverityError, ""},
+	{bundle.ErrTooMany, http.StatusRequestEntityTooLarge, "too-costly", fhir.SeverityError, ""},
+	{bundle.ErrInvalid, http.StatusBadRequest, "invalid", fhir.SeverityError, ""},
+	{bundle.ErrNotSupported, http.StatusNotImplemented, "not-supported", fhir.SeverityError, ""},
+	{bundle.ErrClosed, http.StatusServiceUnavailable, "transient", fhir.SeverityError, "the server is shutting down; retry the transaction"},
+	{fhirstore.ErrTxInProgress, http.StatusConflict, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrVersionConflict, http.StatusConflict, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrPreconditionFailed, http.StatusPreconditionFailed, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrNotSupported, http.StatusNotImplemented, "not-supported", fhir.SeverityError, ""},
@@ -105,6 +111,11 @@ func Classify(err error) Result {
 			Internal: m.Status >= 500 && m.Status != http.StatusNotImplemented}
 		if m.Generic != "" {
 			r.Diagnostics = m.Generic
+		}
+		if ee := (*bundle.EntryError)(nil); (r.Internal || m.Generic != "") && errors.As(err, &ee) {
+			// The detail is for the log, but which entry failed is the
+			// client's to know.
+			r.Diagnostics = ee.Where() + ": " + r.Diagnostics
 		}
 		var ve *fhir.ValidationError
 		if !r.Internal && errors.As(err, &ve) && len(ve.Issues) > 0 {

@@ -81,12 +81,12 @@ type capSearchParam struct {
 // system-level ones.
 func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction) {
 	for _, rt := range s.table {
-		switch systemLevel, ok := capabilityLevels[rt.capability]; {
-		case !ok:
-		case systemLevel:
-			system = append(system, capInteraction{Code: rt.capability})
-		default:
-			typeLevel = append(typeLevel, capInteraction{Code: rt.capability})
+		for _, code := range strings.Fields(rt.capability) {
+			if capabilityLevels[code] {
+				system = append(system, capInteraction{Code: code})
+			} else {
+				typeLevel = append(typeLevel, capInteraction{Code: code})
+			}
 		}
 	}
 	return typeLevel, system

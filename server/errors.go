@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"fhirbucket/fhirstore"
 	"fhirbucket/outcome"
 )
 
@@ -35,8 +36,13 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if res.Internal {
 		res.Diagnostics = fmt.Sprintf("%s (request id %s)", res.Diagnostics, ri.id)
 	}
-	if res.Status == http.StatusServiceUnavailable {
+	switch {
+	case res.Status == http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", retryAfterSeconds)
+	case errors.Is(err, fhirstore.ErrTxInProgress):
+		// The transaction holding the resource finishes within seconds,
+		// or its lease runs out and any replica finishes it.
+		w.Header().Set("Retry-After", "1")
 	}
 	// Cached validators must not survive on an error answer.
 	if res.Status != http.StatusGone {

@@ -303,11 +303,6 @@ func (s *Server) conditionalWrite(w http.ResponseWriter, r *http.Request) {
 		"conditional %s (%s /%s?search) is not supported: this server has no search index; address the resource by id (%s /%s/{id}); nothing was written", what, r.Method, typ, r.Method, typ))
 }
 
-// batch answers POST to the base.
-func (s *Server) batch(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "batch and transaction Bundles are not supported by this server yet; nothing was written"))
-}
-
 // searchSystem answers GET on the base (search across all types).
 func (s *Server) searchSystem(w http.ResponseWriter, r *http.Request) {
 	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "search across all resource types is not supported; search one type (GET /Patient) or read the system history (GET /_history)"))

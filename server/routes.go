@@ -8,6 +8,7 @@ package server
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"fhirbucket/auth"
@@ -27,10 +28,29 @@ type route struct {
 	interaction auth.Interaction
 	// label is the value of the metrics "interaction" label.
 	label string
-	// capability is the CapabilityStatement interaction code the route
-	// implements, or "" when the statement does not claim it (the route
-	// answers 501 or 405, or is no RESTful interaction).
+	// capability is the CapabilityStatement interaction codes the route
+	// implements (space-separated), or "" when the statement does not
+	// claim any (the route answers 501 or 405, or is no RESTful
+	// interaction). A row whose service is not configured claims nothing
+	// (servedRoutes).
 	capability string
+}
+
+// optionalRoutes names the rows whose handler needs a service the server
+// may be built without; without it they answer 501 and claim nothing.
+var optionalRoutes = map[string]func(*Server) bool{
+	"POST /{$}": func(s *Server) bool { return s.bundles != nil },
+}
+
+// servedRoutes is the route table as this server serves it.
+func (s *Server) servedRoutes() []route {
+	out := slices.Clone(routeTable)
+	for i := range out {
+		if has, ok := optionalRoutes[out[i].pattern]; ok && !has(s) {
+			out[i].capability = ""
+		}
+	}
+	return out
 }
 
 // routeTable is the route set. The CapabilityStatement lists the
@@ -38,9 +58,8 @@ type route struct {
 var routeTable = []route{
 	{"GET /metadata", (*Server).capabilities, auth.Capabilities, "capabilities", ""},
 	{"GET /{$}", (*Server).searchSystem, auth.SearchSystem, "search-system", ""},
-	// Batch and transaction share the endpoint; claim "batch" and
-	// "transaction" once the handler applies Bundles.
-	{"POST /{$}", (*Server).batch, auth.Batch, "batch", ""},
+	// Batch and transaction share the endpoint.
+	{"POST /{$}", (*Server).batch, auth.Batch, "batch", "batch transaction"},
 	{"GET /_history", (*Server).historySystem, auth.HistorySystem, "history-system", "history-system"},
 	{"GET /{type}/{id}", (*Server).read, auth.Read, "read", "read"},
 	{"GET /{type}/{id}/_history/{vid}", (*Server).vread, auth.VRead, "vread", "vread"},
@@ -107,8 +126,10 @@ func (s *Server) routes() (*http.ServeMux, map[string]*route) {
 		if !rt.interaction.Known() || rt.label == "" {
 			panic(fmt.Sprintf("server: route %q needs a known interaction and a metrics label", rt.pattern))
 		}
-		if _, ok := capabilityLevels[rt.capability]; rt.capability != "" && !ok {
-			panic(fmt.Sprintf("server: route %q: %q is no CapabilityStatement interaction code", rt.pattern, rt.capability))
+		for _, code := range strings.Fields(rt.capability) {
+			if _, ok := capabilityLevels[code]; !ok {
+				panic(fmt.Sprintf("server: route %q: %q is no CapabilityStatement interaction code", rt.pattern, code))
+			}
 		}
 		mux.HandleFunc(rt.pattern, s.guard(rt))
 		byPattern[rt.pattern] = rt

@@ -74,6 +74,10 @@ type Config struct {
 	Now func() time.Time
 	// SoftwareVersion is reported in the CapabilityStatement. Default "dev".
 	SoftwareVersion string
+	// Bundles enables batch and transaction Bundles (POST to the base).
+	// nil: they answer 501 and the CapabilityStatement does not claim
+	// them.
+	Bundles *BundleConfig
 	// Auth checks bearer tokens, tenants and scopes (see server/authz.go).
 	// nil: no access control (auth mode none).
 	Auth *auth.Authenticator
@@ -95,6 +99,8 @@ type Server struct {
 	auth   *auth.Authenticator // nil: no access control (server/authz.go)
 	table  []route             // the routes served (server/routes.go)
 	routed map[string]*route   // mux pattern -> its row
+
+	bundles *BundleConfig // nil: batch and transaction answer 501 (server/bundle.go)
 }
 
 // New checks cfg and returns the handler. Errors name the Config field at
@@ -112,6 +118,16 @@ func New(cfg Config) (*Server, error) {
 		maxBody: cfg.MaxBodyBytes,
 		version: cfg.SoftwareVersion,
 		auth:    cfg.Auth,
+	}
+	if cfg.Bundles != nil {
+		b := *cfg.Bundles
+		if b.Transactions == nil || b.Validator == nil {
+			return nil, errors.New("server: Config.Bundles needs Transactions and Validator")
+		}
+		if b.Parallelism <= 0 {
+			b.Parallelism = DefaultBatchParallelism
+		}
+		s.bundles = &b
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -141,7 +157,7 @@ func New(cfg Config) (*Server, error) {
 	if s.baseURL, err = ParseBaseURL(cfg.BaseURL); err != nil {
 		return nil, fmt.Errorf("server: Config.BaseURL: %w", err)
 	}
-	s.table = routeTable
+	s.table = s.servedRoutes()
 	s.mux, s.routed = s.routes()
 	return s, nil
 }

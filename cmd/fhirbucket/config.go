@@ -56,6 +56,10 @@ var serveSettings = []setting{
 	{flag: "shutdown-timeout", env: "FHIRBUCKET_SHUTDOWN_TIMEOUT", def: "30s", usage: "on SIGINT/SIGTERM, how long in-flight requests may take to finish"},
 	{flag: "auth", env: "FHIRBUCKET_AUTH", def: "none", usage: "access control: none (every request allowed; for a server only its host can reach) or token (bearer tokens from --auth-token-file)"},
 	{flag: "auth-token-file", env: "FHIRBUCKET_AUTH_TOKEN_FILE", usage: "auth token: JSON file of SHA-256 token hashes with their tenant and scopes (see docs/guarantees.md)"},
+	{flag: "max-bundle-entries", env: "FHIRBUCKET_MAX_BUNDLE_ENTRIES", def: "1000", usage: "most entries of one batch or transaction Bundle; more answers 413"},
+	{flag: "bundle-parallelism", env: "FHIRBUCKET_BUNDLE_PARALLELISM", def: "16", usage: "batch entries, and writes of one transaction phase, processed at a time"},
+	{flag: "tx-lease-ttl", env: "FHIRBUCKET_TX_LEASE_TTL", def: "30s", usage: "lease of an open transaction journal; a journal whose owner stops renewing it is finished by any replica after it"},
+	{flag: "tx-recovery-interval", env: "FHIRBUCKET_TX_RECOVERY_INTERVAL", def: "1m", usage: "how often serve looks for transactions a stopped process left open, and aborts them"},
 }
 
 // knownEnv is every environment setting of every subcommand: a variable

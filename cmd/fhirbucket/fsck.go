@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fhirbucket/bundle"
+
 	"context"
 	"fmt"
 	"io"
@@ -39,6 +41,20 @@ func fsck(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 		return exitError, err
 	}
 	defer be.Close()
+	if doRepair {
+		// Transactions a stopped process left open are aborted first, as
+		// serve's recovery does, so that nothing waits on them.
+		tr, err := bundle.New(bundle.Config{Store: be.store, Owner: processOwner(), Logger: log})
+		if err != nil {
+			return exitError, err
+		}
+		rep, err := recoverTransactions(ctx, be.store, tr, log)
+		if err != nil {
+			return exitError, fmt.Errorf("recovering transactions: %w", err)
+		}
+		fmt.Fprintf(stdout, "transactions: %d journals, %d abandoned ones aborted, %d still running, %d could not be finished\n",
+			rep.Journals, rep.Aborted, rep.Open, rep.Failed)
+	}
 	return runFsck(ctx, be.store, v.str("tenant"), doRepair, stdout)
 }
 

@@ -41,9 +41,9 @@ var layerRules = []layerRule{
 	{pkg: "metrics", allow: base},
 
 	// The services, each above what it builds on.
-	{pkg: "bundle", allow: append([]string{"outcome", "index", "journal"}, core...)},
+	{pkg: "bundle", allow: append([]string{"index", "journal"}, core...)},
 	{pkg: "bulk/...", allow: append([]string{"bulk", "outcome", "index", "journal"}, core...)},
-	{pkg: "outcome", allow: append([]string{"auth"}, core...)},
+	{pkg: "outcome", allow: append([]string{"auth", "bundle"}, core...)},
 	{pkg: "index", allow: core},
 	{pkg: "journal", allow: core},
 	// auth checks tenant names with internal/layout, not with the store.

@@ -53,6 +53,15 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	}
 	defer be.Close()
 	cfg.Store, cfg.Ready, cfg.Logger, cfg.SoftwareVersion = be.store, be.ready, log, softwareVersion()
+	tr, bcfg, recoverEvery, err := bundleSetup(v, be, log)
+	if err != nil {
+		return err
+	}
+	cfg.Bundles = bcfg
+	rctx, stopRecovery := context.WithCancel(ctx)
+	recoveryDone := make(chan struct{})
+	go func() { defer close(recoveryDone); runRecovery(rctx, be.store, tr, recoverEvery, log) }()
+	defer func() { stopRecovery(); <-recoveryDone }()
 	fh, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -91,6 +100,10 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", shutdownTimeout, err)
+	}
+	// Commits detached from their requests finish before the store closes.
+	if err := tr.Close(sctx); err != nil {
+		return fmt.Errorf("shutdown: transactions did not finish within %s: %w", shutdownTimeout, err)
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err

@@ -24,9 +24,10 @@ import (
 // backend is the opened storage: the resource store plus a readiness
 // probe for /readyz.
 type backend struct {
-	store *fhirstore.Store
-	ready func(ctx context.Context) error
-	desc  string
+	store     *fhirstore.Store
+	validator *fhir.Validator
+	ready     func(ctx context.Context) error
+	desc      string
 	// driver is what openBackend opened (a memstore or filestore bucket,
 	// an s3store client); Close closes it.
 	driver io.Closer
@@ -77,7 +78,7 @@ func openInstrumentedBackend(ctx context.Context, v *values, log *slog.Logger, m
 		return nil, fmt.Errorf("loading the FHIR validator: %w", err)
 	}
 	cfg := fhirstore.Config{Mode: fhirstore.TenancyPrefix, Validator: validator, Logger: log}
-	b := &backend{}
+	b := &backend{validator: validator}
 	switch kind {
 	case "memory":
 		mb := memstore.New()
