@@ -116,12 +116,15 @@ func (s *Server) capabilityStatement(base string) capabilityStatement {
 		FhirVersion:    fhir.Version,
 		Format:         []string{"json"},
 	}
-	rest := capRest{
-		Mode: "server",
-		Documentation: "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
-			"unless Prefer: handling=lenient is sent. Conditional create, update and delete, batch and transaction answer 501.",
-		Interaction: system,
+	doc := "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
+		"unless Prefer: handling=lenient is sent. Conditional create, update and delete, batch and transaction answer 501."
+	if s.bundles != nil {
+		doc = "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
+			"unless Prefer: handling=lenient is sent. Conditional create, update and delete answer 501. Transactions are " +
+			"all or nothing (a journal in the bucket, committed by one conditional write); PATCH and conditional entries " +
+			"in Bundles answer 501."
 	}
+	rest := capRest{Mode: "server", Documentation: doc, Interaction: system}
 	for _, t := range fhir.ResourceTypes() {
 		rest.Resource = append(rest.Resource, capResource{
 			Type:              t,
