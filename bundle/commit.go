@@ -277,7 +277,7 @@ func (t *Transactor) readHeads(ctx context.Context, tenant string, changes []*ch
 			return fmt.Errorf("%w: If-Match %s: %s/%s is at version %s", fhirstore.ErrPreconditionFailed,
 				ch.c.IfMatch, ch.c.Type, ch.c.ID, versionOf(h.Visible))
 		}
-		ch.c.Base = h.Base
+		ch.c.Base, ch.c.Head = h.Base, &h
 		if ch.c.Method == fhirstore.MethodDelete && (h.Visible == nil || h.Visible.Deleted()) {
 			ch.noop = true
 		}

@@ -40,6 +40,10 @@ type Change struct {
 	// the version; readers do not see the version until the transaction's
 	// journal says committed (see tx.go). "" for a plain write.
 	Tx string
+	// Head, when set, is what the caller read with Store.Head for this
+	// change (its Base must be Base): the first attempt starts from it
+	// instead of reading current.json again, saving a GET.
+	Head *Head
 	// Validated says the caller already checked Content with this store's
 	// validator (a transaction plan does), so Apply checks only the
 	// resourceType and id.
@@ -127,7 +131,10 @@ func (s *Store) checkChange(c Change) error {
 func (s *Store) apply(ctx context.Context, sc scope, c Change, fresh bool) (*Resource, bool, error) {
 	typ, id := c.Type, c.ID
 	w := writeReq{typ: typ, id: id, fresh: fresh, base: c.Base, anyBase: c.AnyBase, ifMatch: c.IfMatch}
-	if !c.AnyBase && c.Base == 0 && c.Method != MethodDelete {
+	switch {
+	case c.Head != nil && c.Head.cur != nil && c.Head.Base == c.Base && !c.AnyBase:
+		w.known = c.Head.cur
+	case !c.AnyBase && c.Base == 0 && c.Method != MethodDelete:
 		w.known, w.assumed = &current{}, true
 	}
 	created := false

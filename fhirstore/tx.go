@@ -236,6 +236,8 @@ func (s *Store) settle(ctx context.Context, sc scope, cur *current) (*Resource, 
 type Head struct {
 	Base    int
 	Visible *Resource
+
+	cur *current // what was read, so Apply with this Head need not read it again
 }
 
 // Head reads the current version of typ/id for a planner, waiting for an
@@ -254,5 +256,5 @@ func (s *Store) Head(ctx context.Context, tenant, typ, id string) (Head, error) 
 	if err != nil {
 		return Head{}, err
 	}
-	return Head{Base: cur.version(), Visible: vis}, nil
+	return Head{Base: cur.version(), Visible: vis, cur: cur}, nil
 }

@@ -694,3 +694,55 @@ func TestTransactionRecovery(t *testing.T) {
 		}
 	})
 }
+
+// TestTransactionCost pins the storage requests of a transaction: per
+// POST entry the 4 PUTs of a single create, per PUT entry the 1 GET + 4
+// PUTs of a single update, plus 2 PUTs for the journal (create, commit)
+// for the whole transaction. Readers of the committed versions pay one
+// GET of the journal per transaction and process, and nothing after.
+func TestTransactionCost(t *testing.T) {
+	e := newBundleEnv(t, nil)
+	const n = 100
+	var posts, puts []string
+	for i := range n {
+		posts = append(posts, fmt.Sprintf(`{"fullUrl":"urn:uuid:00000000-0000-0000-0000-%012d","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}}`, i))
+		puts = append(puts, fmt.Sprintf(`{"resource":{"resourceType":"Patient","id":"q%d","gender":"male"},"request":{"method":"PUT","url":"Patient/q%d"}}`, i, i))
+	}
+	for i := range n {
+		if err := putPlain(e.env, fmt.Sprintf("q%d", i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		entries  []string
+		get, put int64
+	}{
+		{"100 POST", posts, 0, 4*n + 2},
+		{"100 PUT", puts, n, 4*n + 2},
+	} {
+		before := e.count.Counts()
+		r, _ := e.postBundle(`{"resourceType":"Bundle","type":"transaction","entry":[` + strings.Join(c.entries, ",") + `]}`)
+		mustStatus(t, c.name, r, 200)
+		got := e.count.Counts().Sub(before)
+		if got.Get != c.get || got.Put != c.put || got.List != 0 || got.Delete != 0 || got.Head != 0 {
+			t.Errorf("%s: %+v, want %d GETs and %d PUTs", c.name, got, c.get, c.put)
+		}
+		t.Logf("%s: %.2f requests per entry", c.name, float64(got.Total())/n)
+	}
+	// Reading a committed version costs its GET and, once per process
+	// and transaction, nothing more (the commit was noted in-process).
+	before := e.count.Counts()
+	mustStatus(t, "read", e.do("GET", "/Patient/q1", "", nil), 200)
+	if got := e.count.Counts().Sub(before); got.Total() != 1 {
+		t.Errorf("read of a committed version: %+v, want 1 GET", got)
+	}
+	// Another process pays one journal GET, the first time only.
+	other := newBundleEnv(t, e.bucket)
+	before = other.count.Counts()
+	mustStatus(t, "read elsewhere", other.do("GET", "/Patient/q1", "", nil), 200)
+	mustStatus(t, "read elsewhere again", other.do("GET", "/Patient/q2", "", nil), 200)
+	if got := other.count.Counts().Sub(before); got.Get != 3 {
+		t.Errorf("two reads in another process: %+v, want 3 GETs (2 versions + 1 journal)", got)
+	}
+}

@@ -5,8 +5,11 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"fhirbucket/fhirstore"
 )
 
 // followPages reads a Bundle and every next page, returning all entries'
@@ -52,8 +55,28 @@ func followPages(t *testing.T, e *env, path string) (lines []string, pages int, 
 	return lines, pages, first
 }
 
+// steppingClock is the real clock, but at least 1 ms after its previous
+// reading, so that successive writes never share a millisecond (events of
+// one millisecond sort by key, not by the order they were written in).
+func steppingClock() func(*Config, *fhirstore.Config) {
+	var mu sync.Mutex
+	var last time.Time
+	return func(_ *Config, sc *fhirstore.Config) {
+		sc.Now = func() time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			now := time.Now().UTC().Truncate(time.Millisecond)
+			if !now.After(last) {
+				now = last.Add(time.Millisecond)
+			}
+			last = now
+			return now
+		}
+	}
+}
+
 func TestHistory(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, nil, steppingClock())
 	// a: POST (v1), PUT (v2), DELETE (v3), PUT (v4: restored)
 	r := e.do("POST", "/Patient", patient("", "A1"), jsonCT)
 	mustStatus(t, "create", r, 201)
