@@ -28,6 +28,8 @@ type Report struct {
 	Requests []RequestRow `json:"requests"`
 	// Latency compares FHIR latency with the raw requests it is made of.
 	Latency []LatencyRow `json:"latency"`
+	// Transactions are the transaction Bundle cells.
+	Transactions []TxRow `json:"transactions"`
 	// StoreCalls and WireRequests are the object-store calls the run made
 	// on the measured backend and the requests its driver sent on the
 	// wire (retries included); both 0 when the driver does not count.
@@ -199,6 +201,13 @@ func (r *Report) Markdown() string {
 	for _, x := range r.FHIR {
 		p("| %s | %d | %s | %s | %.2f | %s | %.2f | %s | %s |\n", x.Op, x.Concurrency, f1(x.PerSecond), f1(x.Limit), x.Ratio,
 			x.Needs, x.RequestsPerOp, f1(x.P50ms), f1(x.P99ms))
+	}
+	if len(r.Transactions) > 0 {
+		p("\n## Transaction Bundles\n\nratio = entries/s of transactions ÷ single creates/s at the same concurrency, measured in this run; requests per entry include the journal.\n\n")
+		p("| transactions of | concurrency | bundles | entries/s | creates/s | ratio | requests/entry | p50 ms per bundle |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, x := range r.Transactions {
+			p("| %s | %d | %d | %s | %s | %.2f | %.2f | %s |\n", x.Kind, x.Concurrency, x.Bundles, f1(x.EntriesPerS), f1(x.CreatesPerS), x.Ratio, x.RequestsPerEntry, f1(x.P50ms))
+		}
 	}
 	p("\n## Object-store requests per operation\n\n| operation | prior events | measured on | GET | PUT | conditional PUT | HEAD | LIST | DELETE | total | ms |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, x := range r.Requests {
