@@ -318,7 +318,7 @@ func (r *runner) notes() {
 		add("The run made %d object-store calls on %s and its driver sent %d requests on the wire: %d retries.",
 			rep.StoreCalls, rep.Backend.Kind, rep.WireRequests, rep.WireRequests-rep.StoreCalls)
 	}
-	add("\X")
+	add("\"history-… page 2\" rows follow the first page's next link. Bulk export/submit rows are absent: those features do not exist yet. A transaction at concurrency 1 applies its entries 16 at a time (FHIRBUCKET_BUNDLE_PARALLELISM), so its ratio to single creates at concurrency 1 can exceed 1.")
 	var low []string
 	for _, f := range rep.FHIR {
 		if f.Ratio < 0.8 && f.Concurrency == slicesMax(r.cfg.Concurrency) {
