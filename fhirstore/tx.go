@@ -215,11 +215,12 @@ func (s *Store) settle(ctx context.Context, sc scope, cur *current) (*Resource, 
 		if st != TxOpen {
 			return s.visible(ctx, sc, cur.res)
 		}
-		if time.Now().Add(delay).After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, fmt.Errorf("%w: %s/%s version %d belongs to transaction %s, which has not finished",
 				ErrTxInProgress, cur.res.Type, cur.res.ID, cur.res.Version, cur.res.Tx)
 		}
-		t := time.NewTimer(delay)
+		t := time.NewTimer(min(delay, left))
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -746,3 +746,78 @@ func TestTransactionCost(t *testing.T) {
 		t.Errorf("two reads in another process: %+v, want 3 GETs (2 versions + 1 journal)", got)
 	}
 }
+
+// TestBundleCapability: the statement claims batch and transaction only
+// when the server processes Bundles.
+func TestBundleCapability(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		e    *env
+		want bool
+	}{{"with bundles", newBundleEnv(t, nil).env, true}, {"without", newEnv(t, nil), false}} {
+		r := c.e.do("GET", "/metadata", "", nil)
+		mustStatus(t, c.name, r, 200)
+		var cs struct {
+			Rest []struct{ Interaction []struct{ Code string } }
+		}
+		if err := json.Unmarshal(r.body, &cs); err != nil || len(cs.Rest) != 1 {
+			t.Fatalf("%s: %v %s", c.name, err, r.body)
+		}
+		var codes []string
+		for _, in := range cs.Rest[0].Interaction {
+			codes = append(codes, in.Code)
+		}
+		has := strings.Contains(strings.Join(codes, " "), "batch transaction")
+		if has != c.want {
+			t.Errorf("%s: system interactions %v", c.name, codes)
+		}
+		if !c.want {
+			mustStatus(t, "POST / without bundles", c.e.do("POST", "/", `{"resourceType":"Bundle","type":"batch"}`, jsonCT), 501)
+		}
+	}
+}
+
+// TestTransactionOutlivesItsClient: a client that gives up while the
+// writes are being applied does not stop the commit half way: the
+// transaction commits (or, had a write failed, aborts) as a whole.
+func TestTransactionOutlivesItsClient(t *testing.T) {
+	base := newEnv(t, nil).bucket
+	slow := storagetest.NewFaulty(base)
+	e := newBundleEnv(t, slow)
+	var entries []string
+	for i := range 20 {
+		entries = append(entries, fmt.Sprintf(`{"resource":{"resourceType":"Patient","id":"d%d","name":[{"family":"new"}]},"request":{"method":"PUT","url":"Patient/d%d"}}`, i, i))
+	}
+	slow.Add(storagetest.Fault{Op: storage.OpPut, KeyContains: "/_history/", Delay: 300 * time.Millisecond})
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", e.url+"/", strings.NewReader(`{"resourceType":"Bundle","type":"transaction","entry":[`+strings.Join(entries, ",")+`]}`))
+	req.Header.Set("Content-Type", "application/fhir+json")
+	client := &http.Client{Timeout: 200 * time.Millisecond}
+	if resp, err := client.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the client was expected to time out, got %d", resp.StatusCode)
+	}
+	// The commit goes on without the client.
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		var j []string
+		for a, err := range storage.Walk(t.Context(), base, storage.ListOptions{Prefix: "default/" + layout.TransactionsPrefix}) {
+			if err == nil {
+				data, _, _ := storage.ReadAll(t.Context(), base, a.Key)
+				j = append(j, string(data))
+			}
+		}
+		if len(j) == 1 && !strings.Contains(j[0], `"status":"open"`) {
+			if !strings.Contains(j[0], `"status":"committed"`) {
+				t.Fatalf("journal: %s", j[0])
+			}
+			for i := range 20 {
+				if g := e.do("GET", fmt.Sprintf("/Patient/d%d", i), "", nil); g.status != 200 || !strings.Contains(string(g.body), "new") {
+					t.Fatalf("d%d after the commit: %d %s", i, g.status, g.body)
+				}
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("the transaction did not finish after its client left")
+}
