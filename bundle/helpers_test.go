@@ -2,10 +2,8 @@ package bundle
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"testing"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/testenv"
 )
 
 // testBase is the server base the tests plan against.
@@ -35,33 +34,9 @@ func testOptions(t testing.TB) Options {
 	return Options{Base: testBase, Validator: validator(t)}
 }
 
-// syntheaFiles returns the gzipped Synthea bundles of testdata/synthea.
-func syntheaFiles(t testing.TB) []string {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join("..", "testdata", "synthea", "*.json.gz"))
-	if err != nil || len(files) != 5 {
-		t.Fatalf("want the 5 Synthea bundles in testdata/synthea, found %d (%v)", len(files), err)
-	}
-	return files
-}
+func syntheaFiles(t testing.TB) []string { t.Helper(); return testenv.SyntheaFiles(t) }
 
-func readGzip(t testing.TB, path string) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
+func readGzip(t testing.TB, path string) []byte { t.Helper(); return testenv.ReadGzip(t, path) }
 
 func readExample(t testing.TB, name string) []byte {
 	t.Helper()

@@ -1,14 +1,10 @@
 package main
 
 import (
-	"compress/gzip"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,16 +15,6 @@ import (
 	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 )
-
-// synthea are the five Synthea transaction bundles of testdata/synthea.
-func syntheaFiles(t *testing.T) []string {
-	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(testenv.RepoRoot(), "testdata", "synthea", "*.json.gz"))
-	if len(files) != 5 {
-		t.Fatalf("want 5 Synthea bundles, found %d", len(files))
-	}
-	return files
-}
 
 // countOf reads Type?_summary=count.
 func countOf(t *testing.T, c *client, typ string) int {
@@ -53,7 +39,7 @@ func TestE2ELoadSynthea(t *testing.T) {
 	env := append(srv.Env(bucket), "FHIRBUCKET_BACKEND=s3")
 	bin := buildBinary(t)
 	p := startServe(t, bin, t.TempDir(), env)
-	cmd := exec.Command(bin, append([]string{"load", "--url", p.base, "--progress", "always"}, syntheaFiles(t)...)...)
+	cmd := exec.Command(bin, append([]string{"load", "--url", p.base, "--progress", "always"}, testenv.SyntheaFiles(t)...)...)
 	cmd.Env = childEnv()
 	var stdout, stderr testenv.LockedBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -67,11 +53,11 @@ func TestE2ELoadSynthea(t *testing.T) {
 	// files give.
 	want := map[string]int{}
 	entries := 0
-	for _, f := range syntheaFiles(t) {
+	for _, f := range testenv.SyntheaFiles(t) {
 		var in struct {
 			Entry []struct{ Resource struct{ ResourceType string } }
 		}
-		if err := json.Unmarshal(gunzip(t, f), &in); err != nil {
+		if err := json.Unmarshal(testenv.ReadGzip(t, f), &in); err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range in.Entry {
@@ -94,24 +80,6 @@ func TestE2ELoadSynthea(t *testing.T) {
 	if out, err := fsck.CombinedOutput(); err != nil || !strings.Contains(string(out), "ok") {
 		t.Errorf("fsck after loading: %v: %s", err, tail(string(out), 2000))
 	}
-}
-
-func gunzip(t *testing.T, path string) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 // TestE2ETransactionKilled kills a server (SIGKILL) while it applies a

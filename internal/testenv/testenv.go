@@ -12,6 +12,8 @@ package testenv
 
 import (
 	"bytes"
+	"compress/gzip"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -169,4 +171,34 @@ func EachBackend(t *testing.T, f func(t *testing.T, b Backend)) {
 			f(t, b)
 		})
 	}
+}
+
+// SyntheaFiles returns the five Synthea transaction bundles of
+// testdata/synthea (gzip), in name order.
+func SyntheaFiles(t testing.TB) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(RepoRoot(), "testdata", "synthea", "*.json.gz"))
+	if err != nil || len(files) != 5 {
+		t.Fatalf("want the 5 Synthea bundles in testdata/synthea, found %d (%v)", len(files), err)
+	}
+	return files
+}
+
+// ReadGzip returns the uncompressed content of a gzip file.
+func ReadGzip(t testing.TB, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	data, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return data
 }
