@@ -227,7 +227,8 @@ func (s *Store) Revert(ctx context.Context, tenant, typ, id string, written int)
 		return nil, err
 	}
 	if cur.version() == written-1 {
-		ok, err := s.rollForward(ctx, sc, typ, id, cur)
+		rolled, err := s.rollForward(ctx, sc, typ, id, cur)
+		ok := rolled != nil
 		if err != nil {
 			return nil, err
 		}

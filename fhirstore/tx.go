@@ -141,20 +141,6 @@ func (s *Store) committed(ctx context.Context, sc scope, r *Resource) (bool, err
 	return st == TxCommitted, err
 }
 
-// hiddenVersion reports whether version v of typ/id belongs to a
-// transaction that has not committed (1 GET, plus the journal's).
-func (s *Store) hiddenVersion(ctx context.Context, sc scope, typ, id string, v int) (bool, error) {
-	r, err := s.readVersion(ctx, sc, typ, id, v)
-	if errors.Is(err, ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	ok, err := s.committed(ctx, sc, r)
-	return !ok, err
-}
-
 // visible returns the newest visible version at or below r (nil: none).
 // Each hidden version costs the GET of the version below it.
 func (s *Store) visible(ctx context.Context, sc scope, r *Resource) (*Resource, error) {

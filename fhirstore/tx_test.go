@@ -129,3 +129,49 @@ func TestTransactionVisibility(t *testing.T) {
 		}
 	})
 }
+
+// TestAbortedClaimIsSkipped: a version claimed by a transaction that then
+// aborted, whose current.json was never moved (its process died between
+// the steps), takes a version number but nothing else: a write planned on
+// the visible version builds on top of it, with a Base or an If-Match.
+func TestAbortedClaimIsSkipped(t *testing.T) {
+	eachBackend(t, func(t *testing.T, bk backend) {
+		b := bk.Open(t)
+		s := newStore(t, b)
+		ctx := t.Context()
+		for _, id := range []string{"a", "b"} {
+			if _, _, err := s.Update(ctx, DefaultTenant, "Patient", id, patient(id, "old"), WriteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const tx = "fedcba9876543210fedcba9876543210"
+		putJournal(t, b, tx, TxAborted)
+		for _, id := range []string{"a", "b"} {
+			// The claim alone, as a process killed after step 1 leaves it.
+			v2 := &Resource{Type: "Patient", ID: id, Version: 2, Tenant: DefaultTenant, Content: patient(id, "aborted"),
+				CreatedAt: time.Now(), LastModified: time.Now(), Method: MethodPut, Tx: tx}
+			if _, err := b.Put(ctx, "default/"+layout.VersionKey("Patient", id, 2), bytes.NewReader(encodeEnvelope(v2)), storage.PutOptions{IfNoneMatch: "*"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h, err := s.Head(ctx, DefaultTenant, "Patient", "a")
+		if err != nil || h.Base != 1 {
+			t.Fatalf("Head: %+v %v", h, err)
+		}
+		res, _, err := s.Apply(ctx, DefaultTenant, Change{Type: "Patient", ID: "a", Method: MethodPut, Content: patient("a", "new"), Base: 1, Head: &h})
+		if err != nil || res.Version != 3 {
+			t.Fatalf("Apply with Base 1 over an aborted claim: %+v %v", res, err)
+		}
+		m, _ := ParseIfMatch(`W/"1"`)
+		res, _, err = s.Update(ctx, DefaultTenant, "Patient", "b", patient("b", "new"), WriteOptions{IfMatch: m})
+		if err != nil || res.Version != 3 {
+			t.Fatalf("If-Match update over an aborted claim: %+v %v", res, err)
+		}
+		for _, id := range []string{"a", "b"} {
+			hp, err := s.History(ctx, DefaultTenant, HistoryQuery{Type: "Patient", ID: id})
+			if err != nil || len(hp.Entries) != 2 || hp.Entries[0].Version != 3 || hp.Entries[1].Version != 1 {
+				t.Errorf("history of %s: %+v %v, want versions 3 and 1", id, hp, err)
+			}
+		}
+	})
+}

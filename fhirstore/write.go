@@ -134,6 +134,7 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 			if w.fresh {
 				return nil, errIDTaken
 			}
+			var claimed *Resource // the version that took the number, when known
 			if assumed {
 				// Version 1 exists: the resource does too, or a writer
 				// holds the claim of version 1. Only in that second case
@@ -142,35 +143,42 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 					return nil, err
 				}
 				if cur.version() == 0 {
-					if _, err := s.rollForward(ctx, sc, typ, id, cur); err != nil {
+					if claimed, err = s.rollForward(ctx, sc, typ, id, cur); err != nil {
 						return nil, err
 					}
+				} else if cur.version() == next.Version {
+					claimed = cur.res
 				}
-				return nil, baseError(typ, id, w.base, nil, true)
-			}
-			// Someone holds version N+1: a live writer between its steps,
-			// or one that crashed after its claim. Roll it forward either
-			// way (the same bytes a live writer would write; see the
-			// package doc), so that a crashed claim never blocks the
-			// resource and a conditional client re-reading sees the new
-			// version.
-			if _, err := s.rollForward(ctx, sc, typ, id, cur); err != nil {
+			} else if claimed, err = s.rollForward(ctx, sc, typ, id, cur); err != nil {
+				// Someone holds version N+1: a live writer between its
+				// steps, or one that crashed after its claim. Roll it
+				// forward either way (the same bytes a live writer would
+				// write; see the package doc), so that a crashed claim
+				// never blocks the resource and a conditional client
+				// re-reading sees the new version.
 				return nil, err
 			}
-			if w.ifMatch != nil {
-				// A version readers cannot see (its transaction did not
-				// commit) changes nothing they were promised: check the
-				// precondition again on top of it.
-				hidden, err := s.hiddenVersion(ctx, sc, typ, id, cur.version()+1)
+			// A version of an aborted transaction took the number: readers
+			// never see it, so it changes nothing the caller planned on.
+			// Build on top of it instead (a version of an open transaction
+			// is waited for by the next attempt).
+			aborted := false
+			if claimed != nil && claimed.Version == next.Version && claimed.Tx != "" {
+				st, err := s.txState(ctx, sc, claimed.Tx)
 				if err != nil {
 					return nil, err
 				}
-				if !hidden || !w.anyBase {
-					return nil, preconditionError(typ, id, w.ifMatch, nil)
-				}
+				aborted = st == TxAborted
 			}
-			if !w.anyBase {
+			switch {
+			case aborted:
+				if !w.anyBase {
+					w.base = next.Version
+				}
+			case assumed || !w.anyBase:
 				return nil, baseError(typ, id, w.base, nil, true)
+			case w.ifMatch != nil:
+				return nil, preconditionError(typ, id, w.ifMatch, nil)
 			}
 		case errors.Is(err, storage.ErrConflict):
 			// 409: a concurrent conditional write of the same key; nothing
@@ -312,24 +320,24 @@ func (s *Store) movePointer(ctx context.Context, sc scope, typ, id string, cur *
 // and reports whether it did.
 // The bytes are the claimant's own, so whether the claimant is alive or
 // crashed, current.json ends up exactly as the claimant would have left it.
-func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current) (bool, error) {
+func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *current) (*Resource, error) {
 	v := cur.version() + 1
 	data, _, err := storage.ReadAll(ctx, sc.b, layout.VersionKey(typ, id, v))
 	if errors.Is(err, storage.ErrNotExist) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("fhirstore: rolling forward %s/%s version %d: %w", typ, id, v, err)
+		return nil, fmt.Errorf("fhirstore: rolling forward %s/%s version %d: %w", typ, id, v, err)
 	}
 	res, err := decodeEnvelope(data, sc.tenant, typ, id, v)
 	if err != nil {
-		return false, fmt.Errorf("fhirstore: rolling forward %s: %w", layout.VersionKey(typ, id, v), err)
+		return nil, fmt.Errorf("fhirstore: rolling forward %s: %w", layout.VersionKey(typ, id, v), err)
 	}
 	if err := s.finish(ctx, sc, typ, id, cur, res, data); err != nil {
-		return false, err
+		return nil, err
 	}
 	s.notifyRollForward()
-	return true, nil
+	return res, nil
 }
 
 // newID draws a server-assigned id: 32 lowercase hex digits (128 random bits).
