@@ -79,6 +79,9 @@ const (
 	// BulkSubmit is a bulk-submit request; it needs the named scope
 	// system/bulk-submit.
 	BulkSubmit Interaction = "bulk-submit"
+	// Export is a Bulk Data export request (kick-off, status, files): it
+	// reads every type, so it needs read on "*".
+	Export Interaction = "export"
 )
 
 // Requirement is what an interaction needs of a principal.
@@ -114,6 +117,7 @@ var requirements = map[Interaction]Requirement{
 	Batch:      {Perm: PermAll, AllTypes: true},
 	Operation:  {Perm: PermAll},
 	BulkSubmit: {Named: "bulk-submit"},
+	Export:     {Perm: PermRead, AllTypes: true},
 }
 
 // Need returns what in needs. An interaction not in the table (a

@@ -122,3 +122,25 @@ func (w *bucket) List(ctx context.Context, opts storage.ListOptions) (storage.Li
 	w.observe(opList, start, err)
 	return p, err
 }
+
+// NewUpload keeps the streaming capability of the wrapped bucket; the
+// Commit of an upload is counted and timed as a put.
+func (w *bucket) NewUpload(ctx context.Context, key string, opts storage.PutOptions) (storage.Upload, error) {
+	u, err := storage.NewUpload(ctx, w.b, key, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &upload{Upload: u, w: w}, nil
+}
+
+type upload struct {
+	storage.Upload
+	w *bucket
+}
+
+func (u *upload) Commit(ctx context.Context) (storage.Attrs, error) {
+	start := time.Now()
+	a, err := u.Upload.Commit(ctx)
+	u.w.observe(opPut, start, err)
+	return a, err
+}

@@ -14,6 +14,7 @@ import (
 
 	"fhirbucket/auth"
 	"fhirbucket/bundle"
+	"fhirbucket/bulk"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 	"fhirbucket/storage"
@@ -66,6 +67,11 @@ var table = []Rule{
 	{fhirstore.ErrVersionConflict, http.StatusConflict, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrPreconditionFailed, http.StatusPreconditionFailed, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrNotSupported, http.StatusNotImplemented, "not-supported", fhir.SeverityError, ""},
+	{bulk.ErrJobNotFound, http.StatusNotFound, "not-found", fhir.SeverityError, ""},
+	{bulk.ErrTooManyJobs, http.StatusTooManyRequests, "throttled", fhir.SeverityError, ""},
+	{bulk.ErrPollTooFast, http.StatusTooManyRequests, "throttled", fhir.SeverityError, ""},
+	{bulk.ErrInvalid, http.StatusBadRequest, "invalid", fhir.SeverityError, ""},
+	{bulk.ErrNotSupported, http.StatusNotImplemented, "not-supported", fhir.SeverityError, ""},
 	{storage.ErrConflict, http.StatusConflict, "conflict", fhir.SeverityError, "a concurrent write to the same resource got in the way; retry the request"},
 	{storage.ErrBucketNotFound, http.StatusServiceUnavailable, "transient", fhir.SeverityError, "the storage bucket is missing; retry later"},
 	{storage.ErrAccessDenied, http.StatusServiceUnavailable, "transient", fhir.SeverityError, "the server may not access its storage; retry later"},

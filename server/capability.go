@@ -28,6 +28,7 @@ type capabilityStatement struct {
 	Description    string      `json:"description"`
 	Kind           string      `json:"kind"`
 	Software       capSoftware `json:"software"`
+	Instantiates   []string    `json:"instantiates,omitempty"`
 	Implementation capImpl     `json:"implementation"`
 	FhirVersion    string      `json:"fhirVersion"`
 	Format         []string    `json:"format"`
@@ -49,6 +50,35 @@ type capRest struct {
 	Documentation string           `json:"documentation"`
 	Resource      []capResource    `json:"resource"`
 	Interaction   []capInteraction `json:"interaction"`
+	Operation     []capOperation   `json:"operation,omitempty"`
+}
+
+type capOperation struct {
+	Name       string `json:"name"`
+	Definition string `json:"definition"`
+}
+
+// bulkDataCapability is the Bulk Data Access CapabilityStatement an
+// export-enabled server instantiates.
+const bulkDataCapability = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+
+// capabilityOperations are the operations of the route table's rows that
+// claim one, once each, in table order; none when the service behind them
+// is not configured.
+func (s *Server) capabilityOperations() []capOperation {
+	if s.export == nil {
+		return nil
+	}
+	var out []capOperation
+	seen := map[string]bool{}
+	for _, rt := range s.table {
+		def, ok := operationDefinitions[rt.capability]
+		if ok && !seen[rt.capability] {
+			seen[rt.capability] = true
+			out = append(out, capOperation{Name: rt.capability, Definition: def})
+		}
+	}
+	return out
 }
 
 type capResource struct {
@@ -82,9 +112,11 @@ type capSearchParam struct {
 func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction) {
 	for _, rt := range s.table {
 		for _, code := range strings.Fields(rt.capability) {
-			if capabilityLevels[code] {
+			switch systemLevel, ok := capabilityLevels[code]; {
+			case !ok: // an operation (capabilityOperations)
+			case systemLevel:
 				system = append(system, capInteraction{Code: code})
-			} else {
+			default:
 				typeLevel = append(typeLevel, capInteraction{Code: code})
 			}
 		}
@@ -124,7 +156,10 @@ func (s *Server) capabilityStatement(base string) capabilityStatement {
 			"all or nothing (a journal in the bucket, committed by one conditional write); PATCH and conditional entries " +
 			"in Bundles answer 501."
 	}
-	rest := capRest{Mode: "server", Documentation: doc, Interaction: system}
+	rest := capRest{Mode: "server", Documentation: doc, Interaction: system, Operation: s.capabilityOperations()}
+	if len(rest.Operation) > 0 {
+		cs.Instantiates = []string{bulkDataCapability}
+	}
 	for _, t := range fhir.ResourceTypes() {
 		rest.Resource = append(rest.Resource, capResource{
 			Type:              t,

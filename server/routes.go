@@ -60,6 +60,18 @@ var routeTable = []route{
 	{"GET /{$}", (*Server).searchSystem, auth.SearchSystem, "search-system", ""},
 	// Batch and transaction share the endpoint.
 	{"POST /{$}", (*Server).batch, auth.Batch, "batch", "batch transaction"},
+	// Bulk Data $export (server/export.go). The status and file routes
+	// take the job and file in the query: a second path segment would
+	// overlap "/{type}/_history".
+	{"GET /$export", (*Server).exportSystem, auth.Export, "export", "export"},
+	{"POST /$export", (*Server).exportSystem, auth.Export, "export", "export"},
+	{"GET /Patient/$export", (*Server).exportPatient, auth.Export, "export", "patient-export"},
+	{"POST /Patient/$export", (*Server).exportPatient, auth.Export, "export", "patient-export"},
+	{"GET /Group/{id}/$export", (*Server).exportGroup, auth.Export, "export", "group-export"},
+	{"POST /Group/{id}/$export", (*Server).exportGroup, auth.Export, "export", "group-export"},
+	{"GET /$export-poll-status", (*Server).exportStatus, auth.Export, "export-status", ""},
+	{"DELETE /$export-poll-status", (*Server).exportCancel, auth.Export, "export-status", ""},
+	{"GET /$export-file", (*Server).exportFile, auth.Export, "export-file", ""},
 	{"GET /_history", (*Server).historySystem, auth.HistorySystem, "history-system", "history-system"},
 	{"GET /{type}/{id}", (*Server).read, auth.Read, "read", "read"},
 	{"GET /{type}/{id}/_history/{vid}", (*Server).vread, auth.VRead, "vread", "vread"},
@@ -87,6 +99,15 @@ var capabilityLevels = map[string]bool{
 	"read": false, "vread": false, "update": false, "patch": false, "delete": false,
 	"history-instance": false, "history-type": false, "create": false, "search-type": false,
 	"transaction": true, "batch": true, "search-system": true, "history-system": true,
+}
+
+// operationDefinitions are the operations a row may claim in its
+// capability field, with their canonical definitions: they are listed
+// under rest.operation, not as interactions.
+var operationDefinitions = map[string]string{
+	"export":         "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+	"patient-export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+	"group-export":   "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
 }
 
 // Route is one route the server serves, as the route table states it.
@@ -127,7 +148,8 @@ func (s *Server) routes() (*http.ServeMux, map[string]*route) {
 			panic(fmt.Sprintf("server: route %q needs a known interaction and a metrics label", rt.pattern))
 		}
 		for _, code := range strings.Fields(rt.capability) {
-			if _, ok := capabilityLevels[code]; !ok {
+			_, op := operationDefinitions[code]
+			if _, ok := capabilityLevels[code]; !ok && !op {
 				panic(fmt.Sprintf("server: route %q: %q is no CapabilityStatement interaction code", rt.pattern, code))
 			}
 		}

@@ -81,6 +81,9 @@ type Config struct {
 	// Auth checks bearer tokens, tenants and scopes (see server/authz.go).
 	// nil: no access control (auth mode none).
 	Auth *auth.Authenticator
+	// Export runs Bulk Data exports (server/export.go). nil: the $export
+	// routes answer 501 and /metadata does not list them.
+	Export Exporter
 }
 
 // Server is the FHIR REST handler.
@@ -97,6 +100,7 @@ type Server struct {
 	mux      *http.ServeMux
 
 	auth   *auth.Authenticator // nil: no access control (server/authz.go)
+	export Exporter            // nil: no bulk export (server/export.go)
 	table  []route             // the routes served (server/routes.go)
 	routed map[string]*route   // mux pattern -> its row
 
@@ -118,6 +122,7 @@ func New(cfg Config) (*Server, error) {
 		maxBody: cfg.MaxBodyBytes,
 		version: cfg.SoftwareVersion,
 		auth:    cfg.Auth,
+		export:  cfg.Export,
 	}
 	if cfg.Bundles != nil {
 		b := *cfg.Bundles
@@ -316,7 +321,8 @@ func (s *Server) serveFHIR(w http.ResponseWriter, r *http.Request) {
 	// 406) is still counted under its interaction.
 	metrics.SetInteraction(r.Context(), metricsLabel(rt, segs))
 
-	if acceptErr != nil {
+	// Export files are NDJSON: an Accept naming it is no reason for 406.
+	if acceptErr != nil && !(rt != nil && rt.label == "export-file") {
 		s.writeError(w, r, acceptErr)
 		return
 	}

@@ -91,3 +91,23 @@ func (c *Counter) List(ctx context.Context, opts ListOptions) (ListPage, error) 
 	c.n[OpList].Add(1)
 	return c.Bucket.List(ctx, opts)
 }
+
+// NewUpload keeps the streaming capability of the wrapped bucket; an
+// upload counts as one Put (made at Commit).
+func (c *Counter) NewUpload(ctx context.Context, key string, opts PutOptions) (Upload, error) {
+	u, err := NewUpload(ctx, c.Bucket, key, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &countedUpload{Upload: u, c: c}, nil
+}
+
+type countedUpload struct {
+	Upload
+	c *Counter
+}
+
+func (u *countedUpload) Commit(ctx context.Context) (Attrs, error) {
+	u.c.n[OpPut].Add(1)
+	return u.Upload.Commit(ctx)
+}

@@ -78,3 +78,25 @@ func (p *prefixed) List(ctx context.Context, opts ListOptions) (ListPage, error)
 	page.Next = strings.TrimPrefix(page.Next, p.p)
 	return page, err
 }
+
+// NewUpload keeps the streaming capability of the wrapped bucket.
+func (p *prefixed) NewUpload(ctx context.Context, key string, opts PutOptions) (Upload, error) {
+	if err := ValidKey(key); err != nil {
+		return nil, &Error{Op: "upload", Key: key, Err: err}
+	}
+	u, err := NewUpload(ctx, p.b, p.p+key, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &prefixedUpload{Upload: u, p: p}, nil
+}
+
+type prefixedUpload struct {
+	Upload
+	p *prefixed
+}
+
+func (u *prefixedUpload) Commit(ctx context.Context) (Attrs, error) {
+	a, err := u.Upload.Commit(ctx)
+	return u.p.strip(a), err
+}

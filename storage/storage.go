@@ -205,3 +205,21 @@ func DeleteAll(ctx context.Context, b Bucket, prefix string, parallel int) error
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// ListPrefixes returns every common prefix directly under prefix (listed
+// with delimiter "/"), one LIST per 1,000.
+func ListPrefixes(ctx context.Context, b Bucket, prefix string) ([]string, error) {
+	var out []string
+	opts := ListOptions{Prefix: prefix, Delimiter: "/"}
+	for {
+		page, err := b.List(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page.Prefixes...)
+		if page.Next == "" {
+			return out, nil
+		}
+		opts.StartAfter = page.Next
+	}
+}

@@ -206,3 +206,14 @@ func TestDeleteAll(t *testing.T) {
 		t.Errorf("after DeleteAll(a/): %q, want %q", left, want)
 	}
 }
+
+// Prefixed and Counter keep the streaming capability of what they wrap.
+func TestWrappedUpload(t *testing.T) {
+	storagetest.RunUploadTests(t, func(t *testing.T) storage.Bucket {
+		p, err := storage.Prefixed(memstore.New(), "global/tenant")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return storage.NewCounter(p)
+	}, 1<<20)
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"fhirbucket/auth"
+	"fhirbucket/bulk/export"
 	"fhirbucket/metrics"
 	"fhirbucket/server"
 )
@@ -62,6 +63,34 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	recoveryDone := make(chan struct{})
 	go func() { defer close(recoveryDone); runRecovery(rctx, be.store, tr, recoverEvery, log) }()
 	defer func() { stopRecovery(); <-recoveryDone }()
+	// Bulk export: jobs run in every serve process, which claims them by
+	// their leases and resumes those of replicas that stopped.
+	exp, err := export.New(export.Config{Store: be.store, Logger: log, Hooks: export.Hooks{
+		JobStarted: func() func(error) {
+			stopped := m.BulkJobStarted(metrics.BulkExport)
+			return func(err error) {
+				if errors.Is(err, export.ErrHandedOver) {
+					err = fmt.Errorf("%w: %w", metrics.ErrJobHandedOver, err)
+				}
+				stopped(err)
+			}
+		},
+		Exported: func(n int, _ int64) { m.BulkResources(metrics.BulkExport, n, 0) },
+	}})
+	if err != nil {
+		return err
+	}
+	if err := exp.Open(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := exp.Close(cctx); err != nil {
+			log.Warn("stopping the export jobs", "error", err)
+		}
+	}()
+	cfg.Export = exp
 	fh, err := server.New(cfg)
 	if err != nil {
 		return err

@@ -86,3 +86,11 @@ func SubmitChangesPrefix(submitter, submissionID string) string {
 func SubmitChangeKey(submitter, submissionID, changeID string) string {
 	return SubmitChangesPrefix(submitter, submissionID) + EncodeSegment(changeID) + jsonExt
 }
+
+// ExportDeletedPartKey is
+// bulk/export/jobs/{job_id}/deleted/{type}/part-{n}.ndjson, the deletions
+// of one type (transaction Bundles of DELETE entries) listed under the
+// manifest's deleted[], n = 1, 2, ...
+func ExportDeletedPartKey(jobID, typ string, n int) string {
+	return ExportJobPrefix(jobID) + "deleted/" + typ + "/part-" + strconv.Itoa(n) + ndjsonExt
+}

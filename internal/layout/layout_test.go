@@ -30,6 +30,7 @@ func TestKeys(t *testing.T) {
 		{ExportProgressKey("j1", "Patient"), "bulk/export/jobs/j1/progress/Patient.json"},
 		{ExportPartKey("j1", "OperationOutcome", 3), "bulk/export/jobs/j1/output/OperationOutcome/part-3.ndjson"},
 		{ExportManifestKey("j/1"), "bulk/export/jobs/j%2F1/manifest.json"},
+		{ExportDeletedPartKey("j1", "Patient", 2), "bulk/export/jobs/j1/deleted/Patient/part-2.ndjson"},
 		{SubmissionStateKey("http://x.org|a b", "s1"), "bulk/submit/http%3A%2F%2Fx.org%7Ca%20b/s1/state.json"},
 		{SubmitManifestKey("sys|v", "s1", "m1"), "bulk/submit/sys%7Cv/s1/manifests/m1.json"},
 		{SubmitRawLineKey("sys|v", "s1", "m1", 7), "bulk/submit/sys%7Cv/s1/raw/m1/line-7.ndjson"},

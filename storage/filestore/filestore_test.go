@@ -38,3 +38,7 @@ func TestConformancePrefixed(t *testing.T) {
 func BenchmarkFilestore(b *testing.B) {
 	storagetest.RunBenchmarks(b, func(tb testing.TB) storage.Bucket { return newBucket(tb) })
 }
+
+func TestUpload(t *testing.T) {
+	storagetest.RunUploadTests(t, func(t *testing.T) storage.Bucket { return newBucket(t) }, 1<<20)
+}

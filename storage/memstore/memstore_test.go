@@ -15,3 +15,7 @@ func TestConformance(t *testing.T) {
 func BenchmarkMemstore(b *testing.B) {
 	storagetest.RunBenchmarks(b, func(testing.TB) storage.Bucket { return memstore.New() })
 }
+
+func TestUpload(t *testing.T) {
+	storagetest.RunUploadTests(t, func(t *testing.T) storage.Bucket { return memstore.New() }, 1<<20)
+}

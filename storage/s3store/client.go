@@ -194,7 +194,7 @@ func opOf(name string) (storage.Op, bool) {
 	switch name {
 	case "GetObject":
 		return storage.OpGet, true
-	case "PutObject":
+	case "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "AbortMultipartUpload":
 		return storage.OpPut, true
 	case "HeadObject", "HeadBucket":
 		return storage.OpHead, true

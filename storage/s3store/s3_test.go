@@ -55,6 +55,10 @@ func TestConformance(t *testing.T) {
 			t.Run("bucket", func(t *testing.T) {
 				storagetest.RunConformanceTests(t, freshBucket(srv, be.skip))
 			})
+			// Three parts of a multipart upload, the last a short one.
+			t.Run("upload", func(t *testing.T) {
+				storagetest.RunUploadTests(t, freshBucket(srv, be.skip), 2*s3store.PartSize+123)
+			})
 			// The same suite through storage.Prefixed, as fhirstore uses a
 			// bucket when given a prefix. Once is enough.
 			if be.name == "minio" {
