@@ -13,8 +13,8 @@ import (
 	"net/http"
 
 	"fhirbucket/auth"
-	"fhirbucket/bundle"
 	"fhirbucket/bulk"
+	"fhirbucket/bundle"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
 	"fhirbucket/storage"
