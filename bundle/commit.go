@@ -22,7 +22,7 @@ type Store interface {
 	Head(ctx context.Context, tenant, typ, id string) (fhirstore.Head, error)
 	Apply(ctx context.Context, tenant string, c fhirstore.Change) (*fhirstore.Resource, bool, error)
 	TenantBucket(tenant string) (storage.Bucket, error)
-	NoteTx(tenant, tx string, st fhirstore.TxState)
+	NoteTx(tenant, tx string, st fhirstore.TxState, at time.Time)
 }
 
 // Defaults of Config.
@@ -235,7 +235,7 @@ func (t *Transactor) Commit(ctx context.Context, tenant string, p *Plan) ([]Writ
 			return nil, fmt.Errorf("bundle: committing transaction %s: %w", j.TxID, err)
 		}
 	}
-	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxCommitted)
+	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxCommitted, t.finishedAt(j))
 	return t.results(changes), nil
 }
 
@@ -385,7 +385,7 @@ func (t *Transactor) abort(ctx context.Context, h *lease.Holder, tenant string, 
 		log.Warn("bundle: abort not recorded; the journal is finished by recovery once its lease expires", "error", err)
 		return
 	}
-	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxAborted)
+	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxAborted, t.finishedAt(j))
 	log.Info("bundle: transaction aborted", "cause", cause)
 }
 
@@ -396,6 +396,12 @@ func (t *Transactor) results(changes []*change) []Written {
 	}
 	slices.SortFunc(out, func(a, b Written) int { return a.Entry.Index - b.Entry.Index }) // request order
 	return out
+}
+
+// finishedAt is when j finished (zero when it does not say).
+func (t *Transactor) finishedAt(j *Journal) time.Time {
+	at, _ := time.Parse(time.RFC3339Nano, j.Finished)
+	return at
 }
 
 func (t *Transactor) stamp() string { return t.cfg.Now().UTC().Format("2006-01-02T15:04:05.000Z") }

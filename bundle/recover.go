@@ -54,7 +54,7 @@ func (t *Transactor) Recover(ctx context.Context, tenant string) (RecoverReport,
 			continue
 		}
 		if j.Status != string(fhirstore.TxOpen) {
-			t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxState(j.Status))
+			t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxState(j.Status), t.finishedAt(&j))
 			continue
 		}
 		if e.Status != lease.Expired {
@@ -83,7 +83,7 @@ func (t *Transactor) finishAbandoned(ctx context.Context, m *lease.Manager, tena
 	if _, err := m.Release(ctx, d, state); err != nil {
 		return err
 	}
-	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxAborted)
+	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxAborted, t.finishedAt(j))
 	t.cfg.Logger.Info("bundle: abandoned transaction aborted", "tenant", tenant, "tx", j.TxID, "entries", len(j.Entries))
 	return nil
 }

@@ -39,11 +39,13 @@ func (s *Store) AsOf(ctx context.Context, tenant, typ, id string, at time.Time) 
 	at = truncMS(at)
 	res := cur.res
 	for {
-		// Transactions: a version written by a transaction that was not
-		// committed at instant at must be stepped over here, like a
-		// version newer than at.
+		// A version written by a transaction that had not committed at
+		// instant at is stepped over, like a version newer than at.
 		if !res.LastModified.After(at) {
-			return res, nil
+			ok, err := s.committedBy(ctx, sc, res, at)
+			if err != nil || ok {
+				return res, err
+			}
 		}
 		if res.Version <= 1 {
 			return nil, nil

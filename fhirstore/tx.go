@@ -58,23 +58,30 @@ const txCacheMax = 100_000
 
 type txCache struct {
 	mu sync.RWMutex
-	m  map[string]TxState // tenant "\x00" tx -> committed or aborted
+	m  map[string]txOutcome // tenant "\x00" tx -> committed or aborted
 }
 
-func (c *txCache) get(key string) (TxState, bool) {
+// txOutcome is a finished transaction: its state and when it finished
+// (zero when unknown).
+type txOutcome struct {
+	st TxState
+	at time.Time
+}
+
+func (c *txCache) get(key string) (txOutcome, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	st, ok := c.m[key]
-	return st, ok
+	o, ok := c.m[key]
+	return o, ok
 }
 
-func (c *txCache) put(key string, st TxState) {
+func (c *txCache) put(key string, o txOutcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= txCacheMax {
-		c.m = map[string]TxState{}
+		c.m = map[string]txOutcome{}
 	}
-	c.m[key] = st
+	c.m[key] = o
 }
 
 // journalState is the part of a journal fhirstore reads: its status. The
@@ -82,15 +89,16 @@ func (c *txCache) put(key string, st TxState) {
 // docs/object-layout.md).
 type journalState struct {
 	State struct {
-		Status TxState `json:"status"`
+		Status   TxState `json:"status"`
+		Finished string  `json:"finished"`
 	} `json:"state"`
 }
 
 // NoteTx records the final outcome of a transaction this process
-// finished, so its readers need not read the journal.
-func (s *Store) NoteTx(tenant, tx string, st TxState) {
+// finished at instant at, so its readers need not read the journal.
+func (s *Store) NoteTx(tenant, tx string, st TxState, at time.Time) {
 	if st == TxCommitted || st == TxAborted {
-		s.txs.put(tenant+"\x00"+tx, st)
+		s.txs.put(tenant+"\x00"+tx, txOutcome{st: st, at: at})
 	}
 }
 
@@ -105,30 +113,57 @@ func (s *Store) TxStatus(ctx context.Context, tenant, tx string) (TxState, error
 }
 
 func (s *Store) txState(ctx context.Context, sc scope, tx string) (TxState, error) {
+	o, err := s.txOutcome(ctx, sc, tx)
+	return o.st, err
+}
+
+// txOutcome reads the state of tx (and when it finished) from its journal,
+// or from the cache of finished outcomes.
+func (s *Store) txOutcome(ctx context.Context, sc scope, tx string) (txOutcome, error) {
 	key := sc.tenant + "\x00" + tx
-	if st, ok := s.txs.get(key); ok {
-		return st, nil
+	if o, ok := s.txs.get(key); ok {
+		return o, nil
 	}
 	data, _, err := storage.ReadAll(ctx, sc.b, layout.TransactionKey(tx))
 	if errors.Is(err, storage.ErrNotExist) {
-		s.txs.put(key, TxAborted)
-		return TxAborted, nil
+		o := txOutcome{st: TxAborted}
+		s.txs.put(key, o)
+		return o, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("fhirstore: reading the journal of transaction %s: %w", tx, err)
+		return txOutcome{}, fmt.Errorf("fhirstore: reading the journal of transaction %s: %w", tx, err)
 	}
 	var j journalState
 	if err := json.Unmarshal(data, &j); err != nil {
-		return "", fmt.Errorf("fhirstore: journal of transaction %s: %w", tx, err)
+		return txOutcome{}, fmt.Errorf("fhirstore: journal of transaction %s: %w", tx, err)
 	}
-	switch j.State.Status {
+	o := txOutcome{st: j.State.Status}
+	switch o.st {
 	case TxCommitted, TxAborted:
-		s.txs.put(key, j.State.Status)
-		return j.State.Status, nil
+		if t, err := time.Parse(time.RFC3339Nano, j.State.Finished); err == nil {
+			o.at = t
+		}
+		s.txs.put(key, o)
+		return o, nil
 	case TxOpen:
-		return TxOpen, nil
+		return o, nil
 	}
-	return "", fmt.Errorf("fhirstore: journal of transaction %s has status %q", tx, j.State.Status)
+	return txOutcome{}, fmt.Errorf("fhirstore: journal of transaction %s has status %q", tx, j.State.Status)
+}
+
+// committedBy reports whether r was visible at instant at: written
+// outside a transaction, or by one that committed at or before at (a
+// journal without its finishing time counts as committed when it says
+// so).
+func (s *Store) committedBy(ctx context.Context, sc scope, r *Resource, at time.Time) (bool, error) {
+	if r.Tx == "" {
+		return true, nil
+	}
+	o, err := s.txOutcome(ctx, sc, r.Tx)
+	if err != nil || o.st != TxCommitted {
+		return false, err
+	}
+	return o.at.IsZero() || !o.at.After(at), nil
 }
 
 // committed reports whether r is visible: written outside a transaction,

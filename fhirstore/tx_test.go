@@ -175,3 +175,35 @@ func TestAbortedClaimIsSkipped(t *testing.T) {
 		}
 	})
 }
+
+// TestAsOfTransactions: a snapshot at instant T holds a transaction's
+// versions only when the transaction committed by T.
+func TestAsOfTransactions(t *testing.T) {
+	b := newMem()
+	s := newStore(t, b)
+	ctx := t.Context()
+	if _, _, err := s.Update(ctx, DefaultTenant, "Patient", "a", patient("a", "old"), WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const tx = "00112233445566778899aabbccddeeff"
+	putJournal(t, b, tx, TxOpen)
+	res, _, err := s.Apply(ctx, DefaultTenant, Change{Type: "Patient", ID: "a", Method: MethodPut, Content: patient("a", "new"), Base: 1, Tx: tx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := res.LastModified
+	commit := written.Add(time.Second)
+	doc := `{"lease":{"token":1},"state":{"tx_id":"` + tx + `","status":"committed","finished":"` + commit.UTC().Format(time.RFC3339Nano) + `"}}`
+	if _, err := b.Put(ctx, "default/"+layout.TransactionKey(tx), strings.NewReader(doc), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		at   time.Time
+		want int
+	}{{written, 1}, {commit.Add(-time.Millisecond), 1}, {commit, 2}, {commit.Add(time.Hour), 2}} {
+		got, err := newStore(t, b).AsOf(ctx, DefaultTenant, "Patient", "a", c.at)
+		if err != nil || got == nil || got.Version != c.want {
+			t.Errorf("AsOf(%v): %+v %v, want version %d", c.at, got, err, c.want)
+		}
+	}
+}
