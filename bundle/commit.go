@@ -65,6 +65,9 @@ type Transactor struct {
 	wg  sync.WaitGroup // commits in flight (Close waits for them)
 	mu  sync.Mutex
 	off bool // closed: no new commits
+	// finished are the journals known finished, per tenant: recovery
+	// passes need not read them again (recover.go).
+	finished map[string]map[string]struct{}
 }
 
 // New checks cfg and returns a Transactor.
@@ -236,6 +239,7 @@ func (t *Transactor) Commit(ctx context.Context, tenant string, p *Plan) ([]Writ
 		}
 	}
 	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxCommitted, t.finishedAt(j))
+	t.noteFinished(tenant, j.TxID)
 	return t.results(changes), nil
 }
 
@@ -386,6 +390,7 @@ func (t *Transactor) abort(ctx context.Context, h *lease.Holder, tenant string, 
 		return
 	}
 	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxAborted, t.finishedAt(j))
+	t.noteFinished(tenant, j.TxID)
 	log.Info("bundle: transaction aborted", "cause", cause)
 }
 

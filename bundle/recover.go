@@ -26,8 +26,9 @@ type RecoverReport struct {
 // commits: a transaction whose owner died before its commit record was
 // never acknowledged, so aborting it loses nothing a client was told.
 // Journals of finished transactions are kept (the audit trail) and
-// skipped. Cost: 1 LIST per 1,000 journals + 1 GET per journal, and 2
-// PUTs per journal finished.
+// skipped. Cost: 1 LIST per 1,000 journals + 1 GET per journal not yet
+// known to this Transactor as finished (so a recovery pass after the first
+// reads only the journals written since), and 2 PUTs per journal finished.
 func (t *Transactor) Recover(ctx context.Context, tenant string) (RecoverReport, error) {
 	var rep RecoverReport
 	b, err := t.cfg.Store.TenantBucket(tenant)
@@ -38,7 +39,10 @@ func (t *Transactor) Recover(ctx context.Context, tenant string) (RecoverReport,
 	if err != nil {
 		return rep, fmt.Errorf("bundle: %w", err)
 	}
-	for e, err := range m.Scan(ctx, layout.TransactionsPrefix) {
+	for e, err := range m.ScanSkipping(ctx, layout.TransactionsPrefix, func(key string) bool {
+		tx, ok := layout.ParseTransactionKey(key)
+		return ok && t.isFinished(tenant, tx)
+	}) {
 		if errors.Is(err, lease.ErrCorrupt) {
 			t.cfg.Logger.Warn("bundle: unreadable transaction journal", "tenant", tenant, "error", err)
 			rep.Failed++
@@ -55,6 +59,7 @@ func (t *Transactor) Recover(ctx context.Context, tenant string) (RecoverReport,
 		}
 		if j.Status != string(fhirstore.TxOpen) {
 			t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxState(j.Status), t.finishedAt(&j))
+			t.noteFinished(tenant, j.TxID)
 			continue
 		}
 		if e.Status != lease.Expired {
@@ -84,6 +89,32 @@ func (t *Transactor) finishAbandoned(ctx context.Context, m *lease.Manager, tena
 		return err
 	}
 	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxAborted, t.finishedAt(j))
+	t.noteFinished(tenant, j.TxID)
 	t.cfg.Logger.Info("bundle: abandoned transaction aborted", "tenant", tenant, "tx", j.TxID, "entries", len(j.Entries))
 	return nil
+}
+
+// maxFinished bounds the finished journals a Transactor remembers per
+// tenant; past it the set starts again (the next pass reads them again).
+const maxFinished = 1_000_000
+
+func (t *Transactor) isFinished(tenant, tx string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.finished[tenant][tx]
+	return ok
+}
+
+func (t *Transactor) noteFinished(tenant, tx string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.finished == nil {
+		t.finished = map[string]map[string]struct{}{}
+	}
+	set := t.finished[tenant]
+	if set == nil || len(set) >= maxFinished {
+		set = map[string]struct{}{}
+		t.finished[tenant] = set
+	}
+	set[tx] = struct{}{}
 }

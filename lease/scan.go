@@ -27,11 +27,21 @@ type Entry struct {
 // listing and its read is skipped. Any other error is yielded with a zero
 // Entry and ends the scan.
 func (m *Manager) Scan(ctx context.Context, prefix string) iter.Seq2[Entry, error] {
+	return m.ScanSkipping(ctx, prefix, nil)
+}
+
+// ScanSkipping is Scan without reading the keys skip accepts (documents
+// the caller knows need nothing, such as finished ones): those cost only
+// their share of the listing. skip nil skips nothing.
+func (m *Manager) ScanSkipping(ctx context.Context, prefix string, skip func(key string) bool) iter.Seq2[Entry, error] {
 	return func(yield func(Entry, error) bool) {
 		for a, err := range storage.Walk(ctx, m.b, storage.ListOptions{Prefix: prefix}) {
 			if err != nil {
 				yield(Entry{}, err)
 				return
+			}
+			if skip != nil && skip(a.Key) {
+				continue
 			}
 			d, err := m.Read(ctx, a.Key)
 			switch {

@@ -357,3 +357,32 @@ func TestTransactionOutlivesItsClient(t *testing.T) {
 	}
 	t.Fatal("the transaction did not finish after its client left")
 }
+
+// TestRecoverCost: a recovery pass reads only the journals its
+// Transactor does not know finished: after the first pass, a pass costs
+// its LIST and nothing more.
+func TestRecoverCost(t *testing.T) {
+	e := newBundleEnv(t, nil)
+	for i := range 3 {
+		r, _ := e.postBundle(fmt.Sprintf(`{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","id":"rc%d"},"request":{"method":"PUT","url":"Patient/rc%d"}}]}`, i, i))
+		mustStatus(t, "transaction", r, 200)
+	}
+	pass := func(be *bundleEnv) storage.Counts {
+		before := be.count.Counts()
+		rep, err := be.tr.Recover(t.Context(), "default")
+		if err != nil || rep.Aborted != 0 || rep.Failed != 0 {
+			t.Fatalf("Recover: %+v %v", rep, err)
+		}
+		return be.count.Counts().Sub(before)
+	}
+	if got := pass(e); got.Get != 0 || got.List != 1 || got.Put != 0 {
+		t.Errorf("pass of the process that ran them: %+v, want 1 LIST", got)
+	}
+	other := newBundleEnv(t, e.bucket)
+	if got := pass(other); got.Get != 3 || got.List != 1 {
+		t.Errorf("first pass elsewhere: %+v, want 1 LIST + 3 GETs", got)
+	}
+	if got := pass(other); got.Get != 0 || got.List != 1 {
+		t.Errorf("second pass elsewhere: %+v, want 1 LIST", got)
+	}
+}
