@@ -99,9 +99,12 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	return nil
 }
 
-func authModeOf(a *auth.Authenticator) auth.Mode {
-	if a == nil {
+func authModeOf(a server.Authenticator) auth.Mode {
+	switch a.(type) {
+	case nil:
 		return auth.ModeNone
+	case server.TokenEndpoint:
+		return auth.ModeSMART
 	}
 	return auth.ModeToken
 }
