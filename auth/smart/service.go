@@ -171,6 +171,9 @@ func SigningAlgorithm(key crypto.Signer) (jose.SignatureAlgorithm, error) {
 	return "", fmt.Errorf("%w: signing key: want an EC (P-256, P-384) or RSA private key, got %T", auth.ErrInvalidConfig, key)
 }
 
+// Clients are the registered clients.
+func (s *Service) Clients() []*Client { return s.clients.Clients() }
+
 // Lifetime is the access token lifetime.
 func (s *Service) Lifetime() time.Duration { return s.lifetime }
 
