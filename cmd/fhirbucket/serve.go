@@ -34,7 +34,7 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	cfg, replay, err := serverConfig(v)
+	cfg, replay, err := serverConfig(v, log)
 	if err != nil {
 		return err
 	}
@@ -94,7 +94,7 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 		srv.TLSConfig = certs.tlsConfig()
 		wctx, stop := context.WithCancel(ctx)
 		defer stop()
-		go certs.watch(wctx)
+		certs.watch(wctx)
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "storage", be.desc,
 		"tenant_routing", cfg.TenantRouting.String(), "base_path", cfg.BasePath, "version", softwareVersion(),
@@ -139,7 +139,7 @@ func authModeOf(a server.Authenticator) auth.Mode {
 // serverConfig reads the HTTP settings into a server.Config (without the
 // store). In auth mode smart the returned replay record keeper still
 // needs the store's tenant buckets (bindReplay).
-func serverConfig(v *values) (server.Config, *smart.BucketReplay, error) {
+func serverConfig(v *values, log *slog.Logger) (server.Config, *smart.BucketReplay, error) {
 	var cfg server.Config
 	routing, err := v.oneOf("tenant-routing", "header", "path", "both")
 	if err != nil {
@@ -156,7 +156,7 @@ func serverConfig(v *values) (server.Config, *smart.BucketReplay, error) {
 	if _, err := server.CleanBasePath(cfg.BasePath); err != nil {
 		return cfg, nil, fmt.Errorf("%s: %w", v.label("base-path"), err)
 	}
-	a, replay, err := authConfig(v)
+	a, replay, err := authConfig(v, log)
 	if err != nil {
 		return cfg, nil, err
 	}
@@ -169,7 +169,7 @@ func serverConfig(v *values) (server.Config, *smart.BucketReplay, error) {
 // authConfig reads the access-control settings: nil for auth none, the
 // loaded token file for auth token, the SMART service for auth smart. A
 // setting of another mode is a contradiction, not a silent no-op.
-func authConfig(v *values) (server.Authenticator, *smart.BucketReplay, error) {
+func authConfig(v *values, log *slog.Logger) (server.Authenticator, *smart.BucketReplay, error) {
 	mode, err := v.oneOf("auth", string(auth.ModeNone), string(auth.ModeToken), string(auth.ModeSMART))
 	if err != nil {
 		return nil, nil, err
@@ -201,14 +201,14 @@ func authConfig(v *values) (server.Authenticator, *smart.BucketReplay, error) {
 		}
 		return a, nil, nil
 	case auth.ModeSMART:
-		return smartConfig(v)
+		return smartConfig(v, log)
 	}
 	return nil, nil, nil
 }
 
 // smartConfig builds the SMART Backend Services authorization of auth
 // mode smart.
-func smartConfig(v *values) (*smart.Service, *smart.BucketReplay, error) {
+func smartConfig(v *values, log *slog.Logger) (*smart.Service, *smart.BucketReplay, error) {
 	file := v.str("auth-smart-clients")
 	if file == "" {
 		return nil, nil, fmt.Errorf("%s=smart needs %s", v.label("auth"), v.label("auth-smart-clients"))
@@ -238,7 +238,7 @@ func smartConfig(v *values) (*smart.Service, *smart.BucketReplay, error) {
 		return nil, nil, err
 	}
 	replay := &smart.BucketReplay{AnyTenantBase: fhirstore.DefaultTenant}
-	svc, err := smart.New(smart.Config{Clients: reg, Replay: replay, SigningKey: key, TokenLifetime: lifetime, JWKSTimeout: jwksTimeout})
+	svc, err := smart.New(smart.Config{Clients: reg, Replay: replay, SigningKey: key, TokenLifetime: lifetime, JWKSTimeout: jwksTimeout, Logger: log})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -129,10 +129,16 @@ func (c *certReloader) tlsConfig() *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: c.getCertificate}
 }
 
-// watch reloads on SIGHUP and when the files change, until ctx ends.
+// watch reloads on SIGHUP and when the files change, until ctx ends. It
+// takes over SIGHUP before it returns, so a SIGHUP sent once serve logs
+// "listening" never stops the process.
 func (c *certReloader) watch(ctx context.Context) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	go c.loop(ctx, hup)
+}
+
+func (c *certReloader) loop(ctx context.Context, hup chan os.Signal) {
 	defer signal.Stop(hup)
 	tick := time.NewTicker(certPollInterval)
 	defer tick.Stop()
