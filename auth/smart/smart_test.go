@@ -54,7 +54,7 @@ func (c *clock) add(d time.Duration) {
 // fixture is a registry of clients with keys, and the pieces to build
 // services on one bucket.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	keys   map[string]crypto.Signer // client id -> its key
 	reg    *smart.Registry
 	bucket storage.Bucket
@@ -70,6 +70,16 @@ func genKey(t testing.TB, alg string) crypto.Signer {
 	}
 	return k
 }
+
+// sharedRSAKey is one RSA key for every fixture: making RSA keys is slow.
+var sharedRSAKey = func() func(testing.TB) crypto.Signer {
+	var once sync.Once
+	var key crypto.Signer
+	return func(t testing.TB) crypto.Signer {
+		once.Do(func() { key = genKey(t, "RS384") })
+		return key
+	}
+}()
 
 func registryEntry(t testing.TB, id, tenant string, key crypto.Signer, scopes ...string) smart.ClientEntry {
 	t.Helper()
@@ -93,10 +103,10 @@ func parseRegistry(t testing.TB, entries ...smart.ClientEntry) *smart.Registry {
 	return reg
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	f := &fixture{t: t, keys: map[string]crypto.Signer{}, bucket: memstore.New(), clock: &clock{t: time.Now()}}
 	f.keys["es"] = genKey(t, "ES384")
-	f.keys["rs"] = genKey(t, "RS384")
+	f.keys["rs"] = sharedRSAKey(t)
 	f.keys["ops"] = genKey(t, "ES384")
 	f.reg = parseRegistry(t,
 		registryEntry(t, "es", "a", f.keys["es"], "system/*.read", "system/Observation.cruds", "system/bulk-submit"),
