@@ -41,19 +41,21 @@ type Mode string
 
 // The modes. ModeNone is the default: every request is allowed, as suits
 // an embedded server on a trusted host. Any networked deployment sets
-// ModeToken.
+// ModeToken (static bearer tokens) or ModeSMART (SMART Backend Services:
+// package auth/smart).
 const (
 	ModeNone  Mode = "none"
 	ModeToken Mode = "token"
+	ModeSMART Mode = "smart"
 )
 
-// ParseMode maps the setting values "none" and "token".
+// ParseMode maps the setting values "none", "token" and "smart".
 func ParseMode(s string) (Mode, error) {
 	switch Mode(s) {
-	case ModeNone, ModeToken:
+	case ModeNone, ModeToken, ModeSMART:
 		return Mode(s), nil
 	}
-	return "", fmt.Errorf("auth mode %q: want none or token", s)
+	return "", fmt.Errorf("auth mode %q: want none, token or smart", s)
 }
 
 // AnyTenant in a token's tenant field binds the token to every tenant.

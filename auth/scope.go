@@ -55,9 +55,13 @@ func (p Perm) v1Suffix() string {
 // permission the interaction asks for.
 type Interaction string
 
-// The interactions. Capabilities is the only public one.
+// The interactions. Capabilities and Discovery are the public ones.
 const (
-	Capabilities    Interaction = "capabilities"
+	Capabilities Interaction = "capabilities"
+	// Discovery is the SMART configuration of a FHIR base
+	// (/.well-known/smart-configuration): clients read it before they
+	// have a token.
+	Discovery       Interaction = "discovery"
 	Read            Interaction = "read"
 	VRead           Interaction = "vread"
 	Update          Interaction = "update"
@@ -100,6 +104,7 @@ type Requirement struct {
 // requirements is the one table of what each interaction needs.
 var requirements = map[Interaction]Requirement{
 	Capabilities:    {Public: true},
+	Discovery:       {Public: true},
 	Read:            {Perm: PermRead},
 	VRead:           {Perm: PermRead},
 	HistoryInstance: {Perm: PermRead},

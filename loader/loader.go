@@ -37,6 +37,10 @@ type Config struct {
 	Tenant string
 	// Token, when set, is sent as "Authorization: Bearer <Token>".
 	Token string
+	// Tokens, when set, gives the bearer token of each request (SMART
+	// Backend Services: *smartclient.Source); not together with Token.
+	// Its failure fails the Bundle without a retry.
+	Tokens TokenSource
 	// Parallel is the most requests in flight at once, across all files.
 	Parallel int
 	// BatchSize is the number of NDJSON lines per batch Bundle.
@@ -57,6 +61,11 @@ type Config struct {
 	// answer has been read, with the totals as of then; one call at a
 	// time, from the goroutine that read that answer.
 	OnFileDone func(FileResult, Totals)
+}
+
+// TokenSource hands out bearer tokens, renewing them as they expire.
+type TokenSource interface {
+	Token(ctx context.Context) (string, error)
 }
 
 // FileResult is the outcome of one file.
@@ -164,6 +173,8 @@ func New(cfg Config) (*Loader, error) {
 		return nil, fmt.Errorf("loader: BatchSize %d is negative", cfg.BatchSize)
 	case cfg.Timeout < 0:
 		return nil, fmt.Errorf("loader: Timeout %s is negative", cfg.Timeout)
+	case cfg.Token != "" && cfg.Tokens != nil:
+		return nil, fmt.Errorf("loader: Token and Tokens: give one, not both")
 	}
 	if cfg.Parallel == 0 {
 		cfg.Parallel = DefaultParallel

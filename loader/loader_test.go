@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -742,5 +743,46 @@ func TestInterrupted(t *testing.T) {
 	}
 	if n := len(srv.Requests()); n != 1 {
 		t.Errorf("%d requests after the interruption, want 1", n)
+	}
+}
+
+// tokenFunc is a TokenSource from a function.
+type tokenFunc func(context.Context) (string, error)
+
+func (f tokenFunc) Token(ctx context.Context) (string, error) { return f(ctx) }
+
+// TestTokenSource: with Tokens each request carries the token the source
+// gives at that moment, and a source that fails fails the Bundle without
+// sending it or retrying.
+func TestTokenSource(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "a.ndjson", ndjson(5, func(int) bool { return true }))
+	srv := newFake(t)
+	var n atomic.Int32
+	l, _ := newLoader(t, srv, Config{BatchSize: 2, Parallel: 1, Tokens: tokenFunc(func(context.Context) (string, error) {
+		return fmt.Sprintf("tok-%d", n.Add(1)), nil
+	})})
+	if rep := load(t, l, p); !rep.OK() {
+		t.Fatalf("report %+v", rep)
+	}
+	for i, r := range srv.Requests() {
+		if got, want := r.Header.Get("Authorization"), fmt.Sprintf("Bearer tok-%d", i+1); got != want {
+			t.Errorf("request %d: Authorization %q, want %q", i, got, want)
+		}
+	}
+
+	srv = newFake(t)
+	l, _ = newLoader(t, srv, Config{BatchSize: 10, Parallel: 1, Tokens: tokenFunc(func(context.Context) (string, error) {
+		return "", errors.New("the token endpoint answered 401 invalid_client")
+	})})
+	rep := load(t, l, p)
+	if rep.OK() || rep.EntriesFailed != 5 || rep.Retries != 0 || len(srv.Requests()) != 0 {
+		t.Fatalf("report %+v, %d requests; want 5 failed entries, nothing sent", rep, len(srv.Requests()))
+	}
+	if !strings.Contains(rep.Failures[0].Diagnostics, "invalid_client") {
+		t.Errorf("failure %+v does not say why", rep.Failures[0])
+	}
+	if _, err := New(Config{URL: "http://x", Token: "a", Tokens: tokenFunc(nil)}); err == nil {
+		t.Error("Token and Tokens accepted together")
 	}
 }

@@ -127,6 +127,16 @@ func (l *Loader) attempt(ctx context.Context, j job) (*answer, error) {
 	if l.cfg.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+l.cfg.Token)
 	}
+	if l.cfg.Tokens != nil {
+		tok, err := l.cfg.Tokens.Token(actx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("getting an access token: %w", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := l.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -275,70 +275,101 @@ func TestAuthRoutes(t *testing.T) {
 		}
 	}
 
-	for _, routing := range []server.TenantRouting{server.TenantHeader, server.TenantPath} {
-		t.Run(routing.String(), func(t *testing.T) {
-			bucket := memstore.New()
-			l := start(t, server.Config{Store: prefixStore(t, bucket), TenantRouting: routing, Auth: authenticator(t, specs...)})
-			tenantPath := func(tenant, p string) (string, http.Header) {
-				if routing == server.TenantPath {
-					return "/" + tenant + p, http.Header{}
-				}
-				return p, headers("X-Tenant-ID: " + tenant)
-			}
-			req := func(method, p, body, tok, tenant string) *reply {
-				t.Helper()
-				path, h := tenantPath(tenant, p)
-				if tok != "" {
-					h.Set("Authorization", "Bearer "+tok)
-				}
-				if body != "" {
-					h.Set("Content-Type", "application/fhir+json")
-				}
-				return l.send(method, path, body, h)
-			}
-			// Seed Patient/p1 in tenant a so that reads can succeed.
-			if r := req("PUT", "/Patient/p1", patientJSON("p1", "Seed"), "tok-admin", "a"); r.status != 201 {
-				t.Fatalf("seed: %d %s", r.status, r.body)
-			}
+	for _, mode := range []auth.Mode{auth.ModeToken, auth.ModeSMART} {
+		for _, routing := range []server.TenantRouting{server.TenantHeader, server.TenantPath} {
+			t.Run(string(mode)+"/"+routing.String(), func(t *testing.T) { authRoutes(t, mode, routing, routes, specs, exact, wrongType) })
+		}
+	}
+}
 
-			for _, rt := range routes {
-				method, p, body := concrete(rt.Pattern)
-				t.Run(rt.Pattern, func(t *testing.T) {
-					denied := func(what, tok, tenant string, status int, code string) {
-						t.Helper()
-						before := objects(t, bucket)
-						r := req(method, p, body, tok, tenant)
-						if r.status != status || outcomeCode(r.body) != code {
-							t.Errorf("%s: %d %q, want %d %q: %s", what, r.status, outcomeCode(r.body), status, code, r.body)
-						}
-						if ch := r.header.Get("WWW-Authenticate"); !strings.HasPrefix(ch, "Bearer") {
-							t.Errorf("%s: WWW-Authenticate %q", what, ch)
-						}
-						if after := objects(t, bucket); !slices.Equal(before, after) {
-							t.Errorf("%s changed the bucket", what)
-						}
-					}
-					if rt.Public() {
-						if r := req(method, p, body, "", "a"); r.status != 200 {
-							t.Errorf("public route without a token: %d %s", r.status, r.body)
-						}
-						if r := req(method, p, body, "tok-unknown", "a"); r.status != 200 {
-							t.Errorf("public route with an unknown token: %d %s", r.status, r.body)
-						}
-						return
-					}
-					denied("no token", "", "a", 401, "login")
-					denied("unknown token", "tok-unknown", "a", 401, "login")
-					denied("another tenant's token", "tok-other-tenant", "a", 403, "forbidden")
-					denied("token without resource scopes", "tok-nothing", "a", 403, "forbidden")
-					if tok, ok := wrongType[rt.Interaction]; ok {
-						denied("scopes on another type", tok, "a", 403, "forbidden")
-					}
-					r := req(method, p, body, exact[rt.Interaction], "a")
-					if r.status == 401 || r.status == 403 || r.status >= 500 && r.status != 501 {
-						t.Errorf("token with scope %s: %d %s", scopeFor(rt.Interaction, "Patient"), r.status, r.body)
-					}
-				})
+// authRoutes is TestAuthRoutes in one auth mode and tenant routing. In
+// smart mode every token spec is a registered client, and its token is
+// the access token the token endpoint grants it.
+func authRoutes(t *testing.T, mode auth.Mode, routing server.TenantRouting, routes []server.Route, specs []tokenSpec, exact, wrongType map[auth.Interaction]string) {
+	bucket := memstore.New()
+	store := prefixStore(t, bucket)
+	var l *live
+	tok := func(s string) string { return s }
+	if mode == auth.ModeSMART {
+		// The replay records go to a bucket of their own, so that the
+		// test bucket changes only by what the routes do.
+		svc, mint := smartAuth(t, memstore.New(), specs...)
+		l = start(t, server.Config{Store: store, TenantRouting: routing, Auth: svc})
+		tokens := mint(l)
+		tok = func(s string) string {
+			if v, ok := tokens[s]; ok {
+				return v
+			}
+			return s
+		}
+	} else {
+		l = start(t, server.Config{Store: store, TenantRouting: routing, Auth: authenticator(t, specs...)})
+	}
+	tenantPath := func(tenant, p string) (string, http.Header) {
+		if routing == server.TenantPath {
+			return "/" + tenant + p, http.Header{}
+		}
+		return p, headers("X-Tenant-ID: " + tenant)
+	}
+	tokenOf := tok
+	req := func(method, p, body, tok, tenant string) *reply {
+		t.Helper()
+		path, h := tenantPath(tenant, p)
+		if tok != "" {
+			h.Set("Authorization", "Bearer "+tokenOf(tok))
+		}
+		if body != "" {
+			h.Set("Content-Type", "application/fhir+json")
+		}
+		return l.send(method, path, body, h)
+	}
+	// Seed Patient/p1 in tenant a so that reads can succeed.
+	if r := req("PUT", "/Patient/p1", patientJSON("p1", "Seed"), "tok-admin", "a"); r.status != 201 {
+		t.Fatalf("seed: %d %s", r.status, r.body)
+	}
+
+	for _, rt := range routes {
+		method, p, body := concrete(rt.Pattern)
+		t.Run(rt.Pattern, func(t *testing.T) {
+			denied := func(what, tok, tenant string, status int, code string) {
+				t.Helper()
+				before := objects(t, bucket)
+				r := req(method, p, body, tok, tenant)
+				if r.status != status || outcomeCode(r.body) != code {
+					t.Errorf("%s: %d %q, want %d %q: %s", what, r.status, outcomeCode(r.body), status, code, r.body)
+				}
+				if ch := r.header.Get("WWW-Authenticate"); !strings.HasPrefix(ch, "Bearer") {
+					t.Errorf("%s: WWW-Authenticate %q", what, ch)
+				}
+				if after := objects(t, bucket); !slices.Equal(before, after) {
+					t.Errorf("%s changed the bucket", what)
+				}
+			}
+			if rt.Public() {
+				// Public: never 401 or 403 (the SMART
+				// configuration is 404 outside smart mode).
+				want := 200
+				if rt.Interaction == auth.Discovery && mode != auth.ModeSMART {
+					want = 404
+				}
+				if r := req(method, p, body, "", "a"); r.status != want {
+					t.Errorf("public route without a token: %d %s", r.status, r.body)
+				}
+				if r := req(method, p, body, "tok-unknown", "a"); r.status != want {
+					t.Errorf("public route with an unknown token: %d %s", r.status, r.body)
+				}
+				return
+			}
+			denied("no token", "", "a", 401, "login")
+			denied("unknown token", "tok-unknown", "a", 401, "login")
+			denied("another tenant's token", "tok-other-tenant", "a", 403, "forbidden")
+			denied("token without resource scopes", "tok-nothing", "a", 403, "forbidden")
+			if tok, ok := wrongType[rt.Interaction]; ok {
+				denied("scopes on another type", tok, "a", 403, "forbidden")
+			}
+			r := req(method, p, body, exact[rt.Interaction], "a")
+			if r.status == 401 || r.status == 403 || r.status >= 500 && r.status != 501 {
+				t.Errorf("token with scope %s: %d %s", scopeFor(rt.Interaction, "Patient"), r.status, r.body)
 			}
 		})
 	}

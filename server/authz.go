@@ -17,11 +17,13 @@ package server
 //     interaction on the {type} of the URL (else 403).
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 
 	"fhirbucket/auth"
+	"fhirbucket/outcome"
 )
 
 // authenticate checks the bearer token of a request that matched rt (nil
@@ -77,3 +79,41 @@ func (s *Server) guard(rt *route) http.HandlerFunc {
 }
 
 var errNoPrincipal = errors.New("the request was not authenticated before dispatch")
+
+// tokenURL is the public URL of the token endpoint: below the configured
+// base URL, else below the request's scheme and Host. It is the audience
+// client assertions must name, so deployments behind a proxy set the base
+// URL.
+func (s *Server) tokenURL(r *http.Request) string {
+	return s.publicBase(r) + TokenPath
+}
+
+// token serves the token endpoint ({base path}/auth/token). It is public
+// (the client authenticates with its signed assertion) and knows no
+// tenant: the client's registration binds it to one.
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	if s.tokens == nil {
+		s.writeError(w, r, outcome.Errorf(http.StatusNotFound, "not-found",
+			"this server issues no tokens: the token endpoint exists with SMART Backend Services authorization (auth mode smart)"))
+		return
+	}
+	s.tokens.ServeToken(w, r, s.tokenURL(r))
+}
+
+// smartConfiguration serves /.well-known/smart-configuration of a FHIR
+// base; only a server that issues tokens has one.
+func (s *Server) smartConfiguration(w http.ResponseWriter, r *http.Request) {
+	if s.tokens == nil {
+		s.writeError(w, r, outcome.Errorf(http.StatusNotFound, "not-found",
+			"this server does not use SMART authorization (its auth mode is not smart)"))
+		return
+	}
+	data, err := json.Marshal(s.tokens.Configuration(s.tokenURL(r)))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "public, max-age=3600")
+	_, _ = w.Write(data)
+}

@@ -48,6 +48,7 @@ type capImpl struct {
 type capRest struct {
 	Mode          string           `json:"mode"`
 	Documentation string           `json:"documentation"`
+	Security      *capSecurity     `json:"security,omitempty"`
 	Resource      []capResource    `json:"resource"`
 	Interaction   []capInteraction `json:"interaction"`
 	Operation     []capOperation   `json:"operation,omitempty"`
@@ -79,6 +80,57 @@ func (s *Server) capabilityOperations() []capOperation {
 		}
 	}
 	return out
+}
+
+// capSecurity is rest.security: the SMART-on-FHIR service with the
+// oauth-uris extension naming the token endpoint (auth mode smart), or
+// only a description (auth mode token).
+type capSecurity struct {
+	Extension   []capExtension       `json:"extension,omitempty"`
+	Service     []capCodeableConcept `json:"service,omitempty"`
+	Description string               `json:"description"`
+}
+
+type capExtension struct {
+	URL       string         `json:"url"`
+	ValueURI  string         `json:"valueUri,omitempty"`
+	Extension []capExtension `json:"extension,omitempty"`
+}
+
+type capCodeableConcept struct {
+	Coding []capCoding `json:"coding"`
+	Text   string      `json:"text,omitempty"`
+}
+
+type capCoding struct {
+	System  string `json:"system"`
+	Code    string `json:"code"`
+	Display string `json:"display,omitempty"`
+}
+
+// security is rest.security for the server's auth mode; nil without
+// access control.
+func (s *Server) security(tokenURL string) *capSecurity {
+	switch {
+	case s.tokens != nil:
+		return &capSecurity{
+			Extension: []capExtension{{
+				URL:       "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+				Extension: []capExtension{{URL: "token", ValueURI: tokenURL}},
+			}},
+			Service: []capCodeableConcept{{
+				Coding: []capCoding{{System: "http://terminology.hl7.org/CodeSystem/restful-security-service", Code: "SMART-on-FHIR", Display: "SMART-on-FHIR"}},
+				Text:   "SMART Backend Services: OAuth 2.0 client credentials with a signed JWT assertion (private_key_jwt)",
+			}},
+			Description: "Every request except /metadata and /.well-known/smart-configuration needs an access token from the token endpoint, " +
+				"granted to a registered client bound to one tenant (or all) and to SMART system scopes (v1 and v2 syntax). " +
+				"See .well-known/smart-configuration.",
+		}
+	case s.auth != nil:
+		return &capSecurity{Description: "Every request except /metadata needs a bearer token issued out of band, " +
+			"bound to one tenant (or all) and to SMART system scopes (v1 and v2 syntax)."}
+	}
+	return nil
 }
 
 type capResource struct {
@@ -129,7 +181,7 @@ func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction) {
 // route table's rows that claim one (no batch or transaction), no
 // conditional create/update/delete, search by _id (plus _count and
 // _summary=count) only.
-func (s *Server) capabilityStatement(base string) capabilityStatement {
+func (s *Server) capabilityStatement(base, tokenURL string) capabilityStatement {
 	ia, system := s.capabilityInteractions()
 	cs := capabilityStatement{
 		ResourceType:   "CapabilityStatement",
@@ -156,7 +208,7 @@ func (s *Server) capabilityStatement(base string) capabilityStatement {
 			"all or nothing (a journal in the bucket, committed by one conditional write); PATCH and conditional entries " +
 			"in Bundles answer 501."
 	}
-	rest := capRest{Mode: "server", Documentation: doc, Interaction: system, Operation: s.capabilityOperations()}
+	rest := capRest{Mode: "server", Documentation: doc, Security: s.security(tokenURL), Interaction: system, Operation: s.capabilityOperations()}
 	if len(rest.Operation) > 0 {
 		cs.Instantiates = []string{bulkDataCapability}
 	}
@@ -184,7 +236,7 @@ func (s *Server) capabilityStatement(base string) capabilityStatement {
 }
 
 func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) {
-	data, err := fhir.Marshal(s.capabilityStatement(info(r).base))
+	data, err := fhir.Marshal(s.capabilityStatement(info(r).base, s.tokenURL(r)))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -57,6 +57,7 @@ func (s *Server) servedRoutes() []route {
 // capability codes in the order of the rows.
 var routeTable = []route{
 	{"GET /metadata", (*Server).capabilities, auth.Capabilities, "capabilities", ""},
+	{"GET /.well-known/smart-configuration", (*Server).smartConfiguration, auth.Discovery, "smart-configuration", ""},
 	{"GET /{$}", (*Server).searchSystem, auth.SearchSystem, "search-system", ""},
 	// Batch and transaction share the endpoint.
 	{"POST /{$}", (*Server).batch, auth.Batch, "batch", "batch transaction"},
@@ -89,8 +90,12 @@ var routeTable = []route{
 	{"POST /{type}/{id}", (*Server).postInstance, auth.Operation, metrics.InteractionOther, ""},
 }
 
-// labelHealth labels /healthz and /readyz in the metrics.
-const labelHealth = "health"
+// labelHealth labels /healthz and /readyz in the metrics, labelToken the
+// token endpoint.
+const (
+	labelHealth = "health"
+	labelToken  = "token"
+)
 
 // capabilityLevels are the CapabilityStatement interaction codes of FHIR
 // R4: true for a system-level code (rest.interaction), false for a

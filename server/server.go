@@ -78,13 +78,40 @@ type Config struct {
 	// nil: they answer 501 and the CapabilityStatement does not claim
 	// them.
 	Bundles *BundleConfig
-	// Auth checks bearer tokens, tenants and scopes (see server/authz.go).
-	// nil: no access control (auth mode none).
-	Auth *auth.Authenticator
+	// Auth checks bearer tokens, tenants and scopes (see server/authz.go):
+	// an *auth.Authenticator (auth mode token) or a TokenEndpoint (auth
+	// mode smart). nil: no access control (auth mode none).
+	Auth Authenticator
 	// Export runs Bulk Data exports (server/export.go). nil: the $export
 	// routes answer 501 and /metadata does not list them.
 	Export Exporter
 }
+
+// Authenticator turns the bearer token of a request into the principal
+// whose tenant and scopes the access checks consult. A missing or invalid
+// token fails with auth.ErrUnauthenticated. *auth.Authenticator (static
+// tokens) satisfies it.
+type Authenticator interface {
+	Authenticate(h http.Header) (*auth.Principal, error)
+}
+
+// TokenEndpoint is an Authenticator that also issues its tokens: SMART
+// Backend Services (*smart.Service). With one, the server answers its
+// token endpoint ({base path}/auth/token), every FHIR base's
+// /.well-known/smart-configuration, and states both in the
+// CapabilityStatement's rest.security.
+type TokenEndpoint interface {
+	Authenticator
+	// ServeToken answers a request to the token endpoint whose public
+	// URL is tokenURL (the audience of client assertions).
+	ServeToken(w http.ResponseWriter, r *http.Request, tokenURL string)
+	// Configuration is the smart-configuration document (JSON) of a
+	// FHIR base whose token endpoint is tokenURL.
+	Configuration(tokenURL string) any
+}
+
+// TokenPath is the path of the token endpoint below the base path.
+const TokenPath = "/auth/token"
 
 // Server is the FHIR REST handler.
 type Server struct {
@@ -99,10 +126,11 @@ type Server struct {
 	version  string
 	mux      *http.ServeMux
 
-	auth   *auth.Authenticator // nil: no access control (server/authz.go)
-	export Exporter            // nil: no bulk export (server/export.go)
-	table  []route             // the routes served (server/routes.go)
-	routed map[string]*route   // mux pattern -> its row
+	auth   Authenticator     // nil: no access control (server/authz.go)
+	tokens TokenEndpoint     // nil: no token endpoint (auth mode none or token)
+	export Exporter          // nil: no bulk export (server/export.go)
+	table  []route           // the routes served (server/routes.go)
+	routed map[string]*route // mux pattern -> its row
 
 	bundles *BundleConfig // nil: batch and transaction answer 501 (server/bundle.go)
 }
@@ -134,6 +162,10 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.bundles = &b
 	}
+	if a, ok := s.auth.(*auth.Authenticator); ok && a == nil {
+		s.auth = nil // a typed nil is no access control, not a nil dereference
+	}
+	s.tokens, _ = s.auth.(TokenEndpoint)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -260,6 +292,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/readyz":
 		metrics.SetInteraction(r.Context(), labelHealth)
 		s.readyz(sw, r)
+	case s.basePath + TokenPath:
+		metrics.SetInteraction(r.Context(), labelToken)
+		s.token(sw, r)
 	default:
 		s.serveFHIR(sw, r)
 	}

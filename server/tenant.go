@@ -65,8 +65,9 @@ var errNoTenantSegment = outcome.Errorf(http.StatusNotFound, "not-found", "tenan
 func (s *Server) selectTenant(r *http.Request, segs []string) (tenant string, inURL bool, rest []string, err error) {
 	switch s.routing {
 	case TenantPath:
-		// /metadata needs no tenant: the statement is the same for all.
-		if len(segs) == 1 && segs[0] == "metadata" {
+		// /metadata and the SMART configuration need no tenant: they are
+		// the same for all.
+		if len(segs) == 1 && segs[0] == "metadata" || len(segs) == 2 && segs[0] == wellKnown {
 			return fhirstore.DefaultTenant, false, segs, nil
 		}
 		if len(segs) == 0 {
@@ -97,5 +98,9 @@ func headerTenant(r *http.Request) (string, error) {
 // isFHIRRootSegment reports whether seg can start a FHIR path at the base
 // (so it cannot be a tenant in TenantBoth routing).
 func isFHIRRootSegment(seg string) bool {
-	return fhir.IsResourceType(seg) || seg == "metadata" || seg == "_history" || strings.HasPrefix(seg, "$")
+	return fhir.IsResourceType(seg) || seg == "metadata" || seg == "_history" || seg == wellKnown || strings.HasPrefix(seg, "$")
 }
+
+// wellKnown is the first segment of /.well-known/smart-configuration; it
+// can never be a tenant (tenants start with a letter or digit).
+const wellKnown = ".well-known"

@@ -51,7 +51,7 @@ func TestAuthSettings(t *testing.T) {
 		if err := v.parse(fs, c.args, c.env); err != nil {
 			t.Fatalf("%s: parse: %v", c.name, err)
 		}
-		cfg, err := serverConfig(v)
+		cfg, _, err := serverConfig(v, testenv.QuietLogger())
 		if c.errWant != "" {
 			if err == nil || !strings.Contains(err.Error(), c.errWant) {
 				t.Errorf("%s: error %v, want one naming %s", c.name, err, c.errWant)

@@ -54,12 +54,19 @@ var serveSettings = []setting{
 	{flag: "read-header-timeout", env: "FHIRBUCKET_READ_HEADER_TIMEOUT", def: "10s", usage: "time allowed to read request headers"},
 	{flag: "read-timeout", env: "FHIRBUCKET_READ_TIMEOUT", def: "2m", usage: "time allowed to read a whole request, body included; a slower client is cut off"},
 	{flag: "shutdown-timeout", env: "FHIRBUCKET_SHUTDOWN_TIMEOUT", def: "30s", usage: "on SIGINT/SIGTERM, how long in-flight requests may take to finish"},
-	{flag: "auth", env: "FHIRBUCKET_AUTH", def: "none", usage: "access control: none (every request allowed; for a server only its host can reach) or token (bearer tokens from --auth-token-file)"},
+	{flag: "auth", env: "FHIRBUCKET_AUTH", def: "none", usage: "access control: none (every request allowed; for a server only its host can reach), token (bearer tokens from --auth-token-file) or smart (SMART Backend Services: clients from --auth-smart-clients trade signed JWTs for access tokens)"},
 	{flag: "auth-token-file", env: "FHIRBUCKET_AUTH_TOKEN_FILE", usage: "auth token: JSON file of SHA-256 token hashes with their tenant and scopes (see docs/guarantees.md)"},
 	{flag: "max-bundle-entries", env: "FHIRBUCKET_MAX_BUNDLE_ENTRIES", def: "1000", usage: "most entries of one batch or transaction Bundle; more answers 413"},
 	{flag: "bundle-parallelism", env: "FHIRBUCKET_BUNDLE_PARALLELISM", def: "16", usage: "batch entries, and writes of one transaction phase, processed at a time"},
 	{flag: "tx-lease-ttl", env: "FHIRBUCKET_TX_LEASE_TTL", def: "30s", usage: "lease of an open transaction journal; a journal whose owner stops renewing it is finished by any replica after it"},
 	{flag: "tx-recovery-interval", env: "FHIRBUCKET_TX_RECOVERY_INTERVAL", def: "1m", usage: "how often serve looks for transactions a stopped process left open, and aborts them"},
+	{flag: "auth-smart-clients", env: "FHIRBUCKET_AUTH_SMART_CLIENTS", usage: "auth smart: JSON file of registered clients: client_id, tenant, scopes, and jwks or jwks_url (see docs/guarantees.md)"},
+	{flag: "auth-smart-signing-key", env: "FHIRBUCKET_AUTH_SMART_SIGNING_KEY", usage: "auth smart: PEM private key (EC P-256/P-384 or RSA) that signs the access tokens; every replica needs the same (default: a key made at start-up, valid at this process only)"},
+	{flag: "auth-smart-token-lifetime", env: "FHIRBUCKET_AUTH_SMART_TOKEN_LIFETIME", def: "5m", usage: "auth smart: lifetime of the access tokens, at most 5m"},
+	{flag: "auth-smart-jwks-timeout", env: "FHIRBUCKET_AUTH_SMART_JWKS_TIMEOUT", def: "5s", usage: "auth smart: time allowed to fetch a client's jwks_url (fetched key sets are kept 5 minutes)"},
+	{flag: "tls-cert", env: "FHIRBUCKET_TLS_CERT", usage: "serve HTTPS: PEM certificate chain file (with --tls-key); reloaded on SIGHUP and when the files change"},
+	{flag: "tls-key", env: "FHIRBUCKET_TLS_KEY", usage: "serve HTTPS: PEM private key file of --tls-cert"},
+	{flag: "allow-plain-http", env: "FHIRBUCKET_ALLOW_PLAIN_HTTP", def: "false", isBool: true, usage: "with auth token or smart, serve plain HTTP on a non-loopback address (only behind a TLS-terminating reverse proxy)"},
 }
 
 // knownEnv is every environment setting of every subcommand: a variable

@@ -26,7 +26,7 @@ var (
 	// core is the resource store and what it stands on.
 	core = append([]string{"fhirstore", "lease", "internal/layout"}, base...)
 	// services are the FHIR services the HTTP layer talks to.
-	services = append([]string{"auth", "outcome", "bundle", "bulk/...", "index", "journal"}, core...)
+	services = append([]string{"auth/...", "outcome", "bundle", "bulk/...", "index", "journal"}, core...)
 	drivers  = []string{"storage/s3store", "storage/filestore", "storage/memstore"}
 )
 
@@ -50,6 +50,10 @@ var layerRules = []layerRule{
 	{pkg: "journal", allow: core},
 	// auth checks tenant names with internal/layout, not with the store.
 	{pkg: "auth", allow: []string{"fhir", "internal/layout"}},
+	// The SMART token endpoint keeps its replay records in the bucket.
+	{pkg: "auth/smart", allow: []string{"auth", "fhir", "internal/layout", "storage"}},
+	// The client side of SMART Backend Services, shared by the CLIs.
+	{pkg: "auth/smartclient"},
 	{pkg: "loader", allow: []string{"fhir"}},
 
 	// The resource store and what it stands on: nothing below fhirstore

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,9 @@ import (
 
 	"fhirbucket/auth"
 	"fhirbucket/bulk/export"
+	"fhirbucket/auth/smart"
+	"fhirbucket/auth/smartclient"
+	"fhirbucket/fhirstore"
 	"fhirbucket/metrics"
 	"fhirbucket/server"
 )
@@ -31,7 +35,12 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	cfg, err := serverConfig(v)
+	cfg, replay, err := serverConfig(v, log)
+	if err != nil {
+		return err
+	}
+	addr := v.str("addr")
+	certs, err := tlsSettings(v, addr, authModeOf(cfg.Auth), log)
 	if err != nil {
 		return err
 	}
@@ -91,6 +100,11 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 		}
 	}()
 	cfg.Export = exp
+	if replay != nil {
+		if err := bindReplay(v, replay, cfg.Auth, be.store, log); err != nil {
+			return err
+		}
+	}
 	fh, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -100,7 +114,6 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	// never by tenant or id.
 	h := m.WithEndpoint(m.Middleware(fh))
 
-	addr := v.str("addr")
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", v.label("addr"), err)
@@ -113,12 +126,26 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "storage", be.desc,
+	scheme := "http"
+	if certs != nil {
+		scheme = "https"
+		srv.TLSConfig = certs.tlsConfig()
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		certs.watch(wctx)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "storage", be.desc,
 		"tenant_routing", cfg.TenantRouting.String(), "base_path", cfg.BasePath, "version", softwareVersion(),
 		"auth", authModeOf(cfg.Auth))
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if certs != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serving: %w", err)
@@ -141,59 +168,148 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	return nil
 }
 
-func authModeOf(a *auth.Authenticator) auth.Mode {
-	if a == nil {
+func authModeOf(a server.Authenticator) auth.Mode {
+	switch a.(type) {
+	case nil:
 		return auth.ModeNone
+	case server.TokenEndpoint:
+		return auth.ModeSMART
 	}
 	return auth.ModeToken
 }
 
 // serverConfig reads the HTTP settings into a server.Config (without the
-// store).
-func serverConfig(v *values) (server.Config, error) {
+// store). In auth mode smart the returned replay record keeper still
+// needs the store's tenant buckets (bindReplay).
+func serverConfig(v *values, log *slog.Logger) (server.Config, *smart.BucketReplay, error) {
 	var cfg server.Config
 	routing, err := v.oneOf("tenant-routing", "header", "path", "both")
 	if err != nil {
-		return cfg, err
+		return cfg, nil, err
 	}
 	cfg.TenantRouting, _ = server.ParseTenantRouting(routing)
 	if cfg.MaxBodyBytes, err = v.positiveInt("max-body-bytes"); err != nil {
-		return cfg, err
+		return cfg, nil, err
 	}
 	cfg.BaseURL, cfg.BasePath = v.str("base-url"), v.str("base-path")
 	if _, err := server.ParseBaseURL(cfg.BaseURL); err != nil {
-		return cfg, fmt.Errorf("%s: %w", v.label("base-url"), err)
+		return cfg, nil, fmt.Errorf("%s: %w", v.label("base-url"), err)
 	}
 	if _, err := server.CleanBasePath(cfg.BasePath); err != nil {
-		return cfg, fmt.Errorf("%s: %w", v.label("base-path"), err)
+		return cfg, nil, fmt.Errorf("%s: %w", v.label("base-path"), err)
 	}
-	if cfg.Auth, err = authConfig(v); err != nil {
-		return cfg, err
+	a, replay, err := authConfig(v, log)
+	if err != nil {
+		return cfg, nil, err
 	}
-	return cfg, nil
+	if a != nil {
+		cfg.Auth = a
+	}
+	return cfg, replay, nil
 }
 
 // authConfig reads the access-control settings: nil for auth none, the
-// loaded token file for auth token. A token file with auth none is a
-// contradiction, not a silent no-op.
-func authConfig(v *values) (*auth.Authenticator, error) {
-	mode, err := v.oneOf("auth", string(auth.ModeNone), string(auth.ModeToken))
+// loaded token file for auth token, the SMART service for auth smart. A
+// setting of another mode is a contradiction, not a silent no-op.
+func authConfig(v *values, log *slog.Logger) (server.Authenticator, *smart.BucketReplay, error) {
+	mode, err := v.oneOf("auth", string(auth.ModeNone), string(auth.ModeToken), string(auth.ModeSMART))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	file := v.str("auth-token-file")
-	if auth.Mode(mode) == auth.ModeNone {
-		if file != "" {
-			return nil, fmt.Errorf("%s is set but %s is none: set %s=token to use it", v.label("auth-token-file"), v.label("auth"), v.defs["auth"].env)
+	modeEnv := v.defs["auth"].env
+	byMode := map[auth.Mode][]string{
+		auth.ModeToken: {"auth-token-file"},
+		auth.ModeSMART: {"auth-smart-clients", "auth-smart-signing-key", "auth-smart-token-lifetime", "auth-smart-jwks-timeout"},
+	}
+	for m, names := range byMode {
+		if m == auth.Mode(mode) {
+			continue
 		}
-		return nil, nil
+		for _, n := range names {
+			if v.given(n) {
+				return nil, nil, fmt.Errorf("%s is set but %s is %s: set %s=%s to use it", v.label(n), v.label("auth"), mode, modeEnv, m)
+			}
+		}
 	}
+	switch auth.Mode(mode) {
+	case auth.ModeToken:
+		file := v.str("auth-token-file")
+		if file == "" {
+			return nil, nil, fmt.Errorf("%s=token needs %s", v.label("auth"), v.label("auth-token-file"))
+		}
+		a, err := auth.LoadFile(file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", v.label("auth-token-file"), err)
+		}
+		return a, nil, nil
+	case auth.ModeSMART:
+		return smartConfig(v, log)
+	}
+	return nil, nil, nil
+}
+
+// smartConfig builds the SMART Backend Services authorization of auth
+// mode smart.
+func smartConfig(v *values, log *slog.Logger) (*smart.Service, *smart.BucketReplay, error) {
+	file := v.str("auth-smart-clients")
 	if file == "" {
-		return nil, fmt.Errorf("%s=token needs %s", v.label("auth"), v.label("auth-token-file"))
+		return nil, nil, fmt.Errorf("%s=smart needs %s", v.label("auth"), v.label("auth-smart-clients"))
 	}
-	a, err := auth.LoadFile(file)
+	reg, err := smart.LoadRegistry(file)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", v.label("auth-token-file"), err)
+		return nil, nil, fmt.Errorf("%s: %w", v.label("auth-smart-clients"), err)
 	}
-	return a, nil
+	var key crypto.Signer
+	if v.given("auth-smart-signing-key") {
+		if key, _, err = smartclient.LoadPrivateKey(v.str("auth-smart-signing-key")); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", v.label("auth-smart-signing-key"), err)
+		}
+		if _, err := smart.SigningAlgorithm(key); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", v.label("auth-smart-signing-key"), err)
+		}
+	}
+	lifetime, err := v.duration("auth-smart-token-lifetime")
+	if err != nil {
+		return nil, nil, err
+	}
+	if lifetime < time.Second || lifetime > smart.MaxTokenLifetime {
+		return nil, nil, fmt.Errorf("%s: %s is not between 1s and %s (SMART Backend Services: access tokens live at most five minutes)", v.label("auth-smart-token-lifetime"), lifetime, smart.MaxTokenLifetime)
+	}
+	jwksTimeout, err := v.duration("auth-smart-jwks-timeout")
+	if err != nil {
+		return nil, nil, err
+	}
+	replay := &smart.BucketReplay{AnyTenantBase: fhirstore.DefaultTenant}
+	svc, err := smart.New(smart.Config{Clients: reg, Replay: replay, SigningKey: key, TokenLifetime: lifetime, JWKSTimeout: jwksTimeout, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	return svc, replay, nil
+}
+
+// bindReplay points the replay records at the store's tenant buckets and
+// checks that every client's tenant has one (an unmapped tenant in bucket
+// tenancy mode would fail every token request of that client).
+func bindReplay(v *values, replay *smart.BucketReplay, svc server.Authenticator, st *fhirstore.Store, log *slog.Logger) error {
+	replay.Bucket = st.TenantBucket
+	s, ok := svc.(*smart.Service)
+	if !ok {
+		return nil
+	}
+	for _, c := range s.Clients() {
+		tenant := c.Tenant
+		if tenant == auth.AnyTenant {
+			tenant = replay.AnyTenantBase
+		}
+		if _, err := st.TenantBucket(tenant); err != nil {
+			return fmt.Errorf("%s: client %q: its assertion ids are kept in the base of tenant %q: %w", v.label("auth-smart-clients"), c.ID, tenant, err)
+		}
+	}
+	if !v.given("auth-smart-signing-key") {
+		log.Warn("auth smart without a signing key: access tokens are signed by a key made at start-up and are valid at this process only; give every replica the same key with " + v.defs["auth-smart-signing-key"].env)
+	}
+	if !v.given("base-url") {
+		log.Warn("auth smart without a base URL: the token endpoint URL (the audience of client assertions) is taken from each request's Host header; set " + v.defs["base-url"].env + " to the public URL")
+	}
+	return nil
 }

@@ -37,6 +37,8 @@ func TestKeys(t *testing.T) {
 		{SubmitResultKey("sys|v", "s1", "m1", 7), "bulk/submit/sys%7Cv/s1/results/m1/line-7.json"},
 		{SubmitChangeKey("sys|v", "..", "c1"), "bulk/submit/sys%7Cv/%2E%2E/changes/c1.json"},
 		{TransactionKey("tx-1"), "transactions/tx-1.json"},
+		{ClientJTIPrefix("bulk/acme"), "auth/jti/bulk%2Facme/"},
+		{JTIKey("c1", "abc"), "auth/jti/c1/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad.json"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("got %s, want %s", tc.got, tc.want)
