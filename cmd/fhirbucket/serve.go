@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"fhirbucket/auth"
-	"fhirbucket/bulk/export"
 	"fhirbucket/auth/smart"
 	"fhirbucket/auth/smartclient"
+	"fhirbucket/bulk/export"
 	"fhirbucket/fhirstore"
 	"fhirbucket/metrics"
 	"fhirbucket/server"
