@@ -6,6 +6,7 @@
 //	fhirbucket version   print the version
 //	fhirbucket bench     measure throughput and S3 requests (docs/performance.md)
 //	fhirbucket load      send Bundle and NDJSON files to a FHIR server
+//	fhirbucket export    bulk export from a FHIR server into a folder
 //
 // Configuration comes from flags and FHIRBUCKET_* environment variables
 // (flags win); `fhirbucket <command> --help` lists every setting and
@@ -58,6 +59,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		err = benchCmd(ctx, args[1:], stdout, stderr)
 	case "load":
 		code, err = loadCmd(ctx, args[1:], stdout, stderr)
+	case "export":
+		code, err = exportCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		usage(stdout)
 		return exitOK
@@ -85,6 +88,7 @@ commands:
   version   print the version
   bench     measure throughput, latency and S3 requests per operation
   load      load Bundle and NDJSON files into a FHIR server (POST to its base)
+  export    bulk-export a FHIR server's data into a folder ($export, then the files)
 
 Run "fhirbucket <command> --help" for the settings of a command.
 `)
