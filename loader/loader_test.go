@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"fhirbucket/internal/clientkit"
 	"fhirbucket/loader/loadertest"
 )
 
@@ -413,11 +414,11 @@ func TestRetryAfter(t *testing.T) {
 		{"0", 0, true},
 		{" 12 ", 12 * time.Second, true},
 		{"-1", 0, false},
-		{"99999999999999", maxRetryAfter, true},
+		{"99999999999999", clientkit.MaxRetryAfter, true},
 		{"1.5", 0, false},
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
 		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
-		{now.Add(24 * time.Hour).Format(http.TimeFormat), maxRetryAfter, true},
+		{now.Add(24 * time.Hour).Format(http.TimeFormat), clientkit.MaxRetryAfter, true},
 		{"soon", 0, false},
 	}
 	for _, tc := range cases {
@@ -700,14 +701,14 @@ func FuzzInterpret(f *testing.F) {
 	})
 }
 
-// FuzzRetryAfter: any header value gives a wait in [0, maxRetryAfter].
+// FuzzRetryAfter: any header value gives a wait in [0, clientkit.MaxRetryAfter].
 func FuzzRetryAfter(f *testing.F) {
 	for _, s := range []string{"0", "120", "Wed, 21 Oct 2015 07:28:00 GMT", "-5", ""} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, v string) {
 		d, ok := retryAfter(v, time.Now())
-		if d < 0 || d > maxRetryAfter || (!ok && d != 0) {
+		if d < 0 || d > clientkit.MaxRetryAfter || (!ok && d != 0) {
 			t.Fatalf("retryAfter(%q) = %v, %v", v, d, ok)
 		}
 	})

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptrace"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"fhirbucket/fhir"
+	"fhirbucket/internal/clientkit"
 )
 
 const (
@@ -23,9 +23,7 @@ const (
 	// batch-response to a large transaction file can be big, but not
 	// without limit.
 	maxAnswerBytes = 256 << 20
-	// maxRetryAfter caps the wait a Retry-After header can impose.
-	maxRetryAfter = 10 * time.Minute
-	userAgent     = "fhirbucket-load"
+	userAgent      = "fhirbucket-load"
 )
 
 // answer is one HTTP response, read whole.
@@ -159,42 +157,13 @@ func (l *Loader) attempt(ctx context.Context, j job) (*answer, error) {
 	return a, nil
 }
 
-// backoff is the wait before retry number n+1 without a Retry-After:
-// RetryBase doubled n times, capped at RetryMax, less up to half of it at
-// random so that parallel senders spread out.
+// backoff is the wait before retry number n+1 without a Retry-After.
 func (l *Loader) backoff(n int) time.Duration {
-	d := l.cfg.RetryBase
-	for i := 0; i < n && d < l.cfg.RetryMax; i++ {
-		d *= 2
-	}
-	d = min(d, l.cfg.RetryMax)
-	return d/2 + rand.N(d/2+1)
+	return clientkit.Backoff(l.cfg.RetryBase, l.cfg.RetryMax, n)
 }
 
-// retryAfter parses a Retry-After header: delay-seconds or an HTTP date.
-// ok is false when it is absent or neither; the wait is capped at
-// maxRetryAfter and never negative.
-func retryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	var d time.Duration
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n < 0 {
-			return 0, false
-		}
-		if n > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter, true
-		}
-		d = time.Duration(n) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = t.Sub(now)
-	} else {
-		return 0, false
-	}
-	return min(max(d, 0), maxRetryAfter), true
-}
+// retryAfter parses a Retry-After header (clientkit.RetryAfter).
+func retryAfter(v string, now time.Time) (time.Duration, bool) { return clientkit.RetryAfter(v, now) }
 
 // idempotent reports whether sending the Bundle twice leaves the same
 // data as sending it once: no entry creates with POST.

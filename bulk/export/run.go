@@ -30,6 +30,7 @@ type progress struct {
 	Deleted  int      `json:"deleted"`
 	Errors   []string `json:"errors,omitempty"`
 	Token    int64    `json:"token"` // fencing token of the writer
+	etag     string   // of the object as last read or written here
 }
 
 // run is the Runner's job function.
@@ -86,7 +87,7 @@ func (s *Service) export(ctx context.Context, j *bulk.Job, st *state) error {
 	st.Files, st.Exported = nil, 0
 	var notes []string
 	for _, typ := range types {
-		p, err := s.readProgress(ctx, j, typ)
+		p, err := s.claimProgress(ctx, j, typ)
 		if err != nil {
 			return err
 		}
@@ -103,7 +104,7 @@ func (s *Service) export(ctx context.Context, j *bulk.Job, st *state) error {
 	// The error file: informational notes of the kick-off, then the
 	// resources that could not be read.
 	if len(st.Notes) > 0 || len(notes) > 0 {
-		w := bulk.NewPartWriter(j.Bucket, func(n int) string { return layout.ExportPartKey(j.ID, "OperationOutcome", n) }, 1, s.cfg.Limits)
+		w := bulk.NewPartWriter(j.Bucket, func(n int) string { return layout.ExportPartKey(j.ID, "OperationOutcome", n) }, 1, s.limits(st))
 		add := func(sev, code, msg string) error {
 			line, _ := fhir.Marshal(fhir.NewOutcome(sev, code, msg))
 			line = []byte(strings.TrimSpace(string(line)))
@@ -178,7 +179,7 @@ func (s *Service) resolveTypes(ctx context.Context, j *bulk.Job, st *state) ([]s
 }
 
 func (s *Service) readProgress(ctx context.Context, j *bulk.Job, typ string) (*progress, error) {
-	data, _, err := storage.ReadAll(ctx, j.Bucket, layout.ExportProgressKey(j.ID, typ))
+	data, a, err := storage.ReadAll(ctx, j.Bucket, layout.ExportProgressKey(j.ID, typ))
 	if errors.Is(err, storage.ErrNotExist) {
 		return &progress{Type: typ}, nil
 	}
@@ -189,15 +190,79 @@ func (s *Service) readProgress(ctx context.Context, j *bulk.Job, typ string) (*p
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("export: %s: %w", layout.ExportProgressKey(j.ID, typ), err)
 	}
+	p.etag = a.ETag
 	return &p, nil
 }
 
+// errFenced: a progress file was written by a holder with a newer token.
+var errFenced = errors.New("export: progress written by a newer lease holder")
+
+// claimProgress reads the resume point of typ and, unless the type is
+// done, writes it back with this holder's token, so that from then on a
+// stale holder (one whose lease was taken over while it was paused) can
+// no longer move it: every progress write is conditional on the ETag the
+// writer last saw. A stale holder's write that lands between the read
+// and the claim is itself a checkpoint of the job (parts are cut at the
+// same places by every holder: the limits are the job's), so the claim
+// adopts it.
+func (s *Service) claimProgress(ctx context.Context, j *bulk.Job, typ string) (*progress, error) {
+	for range 5 {
+		p, err := s.readProgress(ctx, j, typ)
+		if err != nil || p.Done {
+			return p, err
+		}
+		if p.Token > j.Holder.Doc().Lease.Token {
+			return nil, s.fenced(ctx, j, p)
+		}
+		err = s.putProgress(ctx, j, p)
+		if !errors.Is(err, storage.ErrPreconditionFailed) && !errors.Is(err, storage.ErrNotExist) {
+			return p, err
+		}
+	}
+	return nil, fmt.Errorf("export: %s: progress of %s keeps changing", j.ID, typ)
+}
+
+// writeProgress checkpoints p, conditional on its ETag. When the object
+// changed it reads it: written with this holder's token, it was an
+// earlier write of ours whose answer was lost, and the write is redone;
+// with a newer token the job was taken over and this holder stops.
 func (s *Service) writeProgress(ctx context.Context, j *bulk.Job, p *progress) error {
+	err := s.putProgress(ctx, j, p)
+	if !errors.Is(err, storage.ErrPreconditionFailed) && !errors.Is(err, storage.ErrNotExist) {
+		return err
+	}
+	cur, rerr := s.readProgress(ctx, j, p.Type)
+	if rerr != nil {
+		return fmt.Errorf("%w (reading it back: %w)", err, rerr)
+	}
+	if cur.Token != j.Holder.Doc().Lease.Token {
+		return s.fenced(ctx, j, cur)
+	}
+	p.etag = cur.etag
+	return s.putProgress(ctx, j, p)
+}
+
+// fenced makes the holder look at its lease (which cancels its context
+// when it is lost) and returns errFenced.
+func (s *Service) fenced(ctx context.Context, j *bulk.Job, cur *progress) error {
+	_, _ = j.Holder.Refresh(ctx)
+	return fmt.Errorf("%w: %s has token %d, this holder %d", errFenced, layout.ExportProgressKey(j.ID, cur.Type),
+		cur.Token, j.Holder.Doc().Lease.Token)
+}
+
+func (s *Service) putProgress(ctx context.Context, j *bulk.Job, p *progress) error {
 	p.Token = j.Holder.Doc().Lease.Token
 	data, _ := json.Marshal(p)
-	_, err := j.Bucket.Put(ctx, layout.ExportProgressKey(j.ID, p.Type), strings.NewReader(string(data)),
-		storage.PutOptions{ContentType: "application/json", Size: int64(len(data))})
-	return err
+	opts := storage.PutOptions{ContentType: "application/json", Size: int64(len(data)), IfMatch: p.etag}
+	if p.etag == "" {
+		opts.IfNoneMatch = "*"
+	}
+	a, err := j.Bucket.Put(ctx, layout.ExportProgressKey(j.ID, p.Type), strings.NewReader(string(data)), opts)
+	if err != nil {
+		return err
+	}
+	p.etag = a.ETag
+	return nil
 }
 
 // maxErrors bounds the per-type error notes kept in a progress file.
@@ -218,8 +283,8 @@ func (s *Service) exportType(ctx context.Context, j *bulk.Job, st *state, p *pro
 		}
 		return n
 	}
-	out := bulk.NewPartWriter(j.Bucket, func(n int) string { return layout.ExportPartKey(j.ID, typ, n) }, first("output"), s.cfg.Limits)
-	del := bulk.NewPartWriter(j.Bucket, func(n int) string { return layout.ExportDeletedPartKey(j.ID, typ, n) }, first("deleted"), s.cfg.Limits)
+	out := bulk.NewPartWriter(j.Bucket, func(n int) string { return layout.ExportPartKey(j.ID, typ, n) }, first("output"), s.limits(st))
+	del := bulk.NewPartWriter(j.Bucket, func(n int) string { return layout.ExportDeletedPartKey(j.ID, typ, n) }, first("deleted"), s.limits(st))
 	defer out.Abort(ctx)
 	defer del.Abort(ctx)
 	keep := elementsFor(st.Elements, typ)

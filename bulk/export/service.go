@@ -119,6 +119,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.PageFiles <= 0 {
 		cfg.PageFiles = 100
 	}
+	if cfg.Limits.MaxLines <= 0 {
+		cfg.Limits.MaxLines = bulk.DefaultMaxLines
+	}
+	if cfg.Limits.MaxBytes <= 0 {
+		cfg.Limits.MaxBytes = bulk.DefaultMaxBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -160,30 +166,35 @@ func newJobID() string {
 
 // state is a job's state document (the lease's state in state.json).
 type state struct {
-	Kind            string    `json:"kind"`
-	Status          string    `json:"status"`
-	Level           string    `json:"level"`
-	Group           string    `json:"group,omitempty"`
-	Request         string    `json:"request"`
-	Base            string    `json:"base"`
-	Client          string    `json:"client,omitempty"`
-	TransactionTime string    `json:"transactionTime"`
-	Since           string    `json:"since,omitempty"`
-	Until           string    `json:"until,omitempty"`
-	Types           []string  `json:"types,omitempty"` // asked for; resolved ones in Resolved
-	Resolved        []string  `json:"resolved,omitempty"`
-	Elements        []string  `json:"elements,omitempty"`
-	Patients        []string  `json:"patients,omitempty"` // patient ids, nil: every patient
-	AllowPartial    bool      `json:"allowPartialManifests,omitempty"`
-	Notes           []string  `json:"notes,omitempty"`
-	Files           []file    `json:"files,omitempty"` // committed files in manifest order
-	Current         string    `json:"current,omitempty"`
-	Exported        int       `json:"exported,omitempty"`
-	Error           string    `json:"error,omitempty"`
-	Created         string    `json:"created"`
-	Finished        string    `json:"finished,omitempty"`
-	since, until    time.Time // parsed
-	txTime          time.Time
+	Kind            string   `json:"kind"`
+	Status          string   `json:"status"`
+	Level           string   `json:"level"`
+	Group           string   `json:"group,omitempty"`
+	Request         string   `json:"request"`
+	Base            string   `json:"base"`
+	Client          string   `json:"client,omitempty"`
+	TransactionTime string   `json:"transactionTime"`
+	Since           string   `json:"since,omitempty"`
+	Until           string   `json:"until,omitempty"`
+	Types           []string `json:"types,omitempty"` // asked for; resolved ones in Resolved
+	Resolved        []string `json:"resolved,omitempty"`
+	Elements        []string `json:"elements,omitempty"`
+	Patients        []string `json:"patients,omitempty"` // patient ids, nil: every patient
+	AllowPartial    bool     `json:"allowPartialManifests,omitempty"`
+	Notes           []string `json:"notes,omitempty"`
+	Files           []file   `json:"files,omitempty"` // committed files in manifest order
+	Current         string   `json:"current,omitempty"`
+	Exported        int      `json:"exported,omitempty"`
+	Error           string   `json:"error,omitempty"`
+	// PartLines and PartBytes bound the job's parts, fixed at kick-off
+	// so that every replica resuming it cuts its parts at the same
+	// places (0: the Service's Limits, for jobs of older versions).
+	PartLines    int       `json:"partLines,omitempty"`
+	PartBytes    int64     `json:"partBytes,omitempty"`
+	Created      string    `json:"created"`
+	Finished     string    `json:"finished,omitempty"`
+	since, until time.Time // parsed
+	txTime       time.Time
 }
 
 // file is one committed file: an output or deleted part of a type, or
@@ -226,6 +237,19 @@ func (st *state) encode() json.RawMessage {
 	return b
 }
 
+// limits are the part bounds of the job: those fixed at kick-off, else
+// the Service's.
+func (s *Service) limits(st *state) bulk.Limits {
+	l := s.cfg.Limits
+	if st.PartLines > 0 {
+		l.MaxLines = st.PartLines
+	}
+	if st.PartBytes > 0 {
+		l.MaxBytes = st.PartBytes
+	}
+	return l
+}
+
 func instant(t time.Time) string { return fhir.FormatInstant(t.UTC().Truncate(time.Millisecond)) }
 
 // Kickoff checks the request against the store (the Group, the patients)
@@ -241,6 +265,7 @@ func (s *Service) Kickoff(ctx context.Context, tenant string, req Request) (stri
 		Kind: "export", Status: bulk.StatusInProgress, Level: req.Level, Group: req.GroupID,
 		Request: req.URL, Base: req.Base, Client: req.Client, Types: req.Types, Elements: req.Elements,
 		AllowPartial: req.AllowPartial, Notes: req.Notes, Patients: req.Patients,
+		PartLines: s.cfg.Limits.MaxLines, PartBytes: s.cfg.Limits.MaxBytes,
 	}
 	if !req.Since.IsZero() {
 		st.Since = instant(req.Since)

@@ -67,6 +67,16 @@ var serveSettings = []setting{
 	{flag: "tls-cert", env: "FHIRBUCKET_TLS_CERT", usage: "serve HTTPS: PEM certificate chain file (with --tls-key); reloaded on SIGHUP and when the files change"},
 	{flag: "tls-key", env: "FHIRBUCKET_TLS_KEY", usage: "serve HTTPS: PEM private key file of --tls-cert"},
 	{flag: "allow-plain-http", env: "FHIRBUCKET_ALLOW_PLAIN_HTTP", def: "false", isBool: true, usage: "with auth token or smart, serve plain HTTP on a non-loopback address (only behind a TLS-terminating reverse proxy)"},
+	{flag: "export-lease-ttl", env: "FHIRBUCKET_EXPORT_LEASE_TTL", def: "30s", usage: "lease of a running bulk export job (at least 3s); a job whose replica stops renewing it is resumed by another after it"},
+	{flag: "export-scan-interval", env: "FHIRBUCKET_EXPORT_SCAN_INTERVAL", def: "5s", usage: "how often serve looks for export jobs to take over (with jitter)"},
+	{flag: "export-workers", env: "FHIRBUCKET_EXPORT_WORKERS", def: "2", usage: "export jobs this process runs at once; more wait for a free worker on any replica"},
+	{flag: "export-max-per-tenant", env: "FHIRBUCKET_EXPORT_MAX_PER_TENANT", def: "4", usage: "unfinished export jobs of one tenant (and, with auth, of one client); one more kick-off answers 429"},
+	{flag: "export-parallelism", env: "FHIRBUCKET_EXPORT_PARALLELISM", def: "16", usage: "resource reads in flight per export job"},
+	{flag: "export-part-lines", env: "FHIRBUCKET_EXPORT_PART_LINES", def: "50000", usage: "most resources of one export file (fixed per job at kick-off)"},
+	{flag: "export-part-bytes", env: "FHIRBUCKET_EXPORT_PART_BYTES", def: "134217728", usage: "most bytes of one export file (fixed per job at kick-off; a larger resource is a file of its own)"},
+	{flag: "export-retry-after", env: "FHIRBUCKET_EXPORT_RETRY_AFTER", def: "2s", usage: "Retry-After of an export status answer while the job runs"},
+	{flag: "export-min-poll", env: "FHIRBUCKET_EXPORT_MIN_POLL", usage: "a status poll of a running job sooner than this after the previous one answers 429 (default a quarter of --export-retry-after)"},
+	{flag: "export-manifest-page", env: "FHIRBUCKET_EXPORT_MANIFEST_PAGE", def: "100", usage: "files on one partial manifest page (allowPartialManifests)"},
 }
 
 // knownEnv is every environment setting of every subcommand: a variable

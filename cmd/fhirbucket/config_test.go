@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +43,11 @@ func TestServeConfigErrors(t *testing.T) {
 		{"bad header timeout", nil, append(mem, "FHIRBUCKET_READ_HEADER_TIMEOUT=-1s"), "FHIRBUCKET_READ_HEADER_TIMEOUT"},
 		{"bad read timeout", nil, append(mem, "FHIRBUCKET_READ_TIMEOUT=0s"), "FHIRBUCKET_READ_TIMEOUT"},
 		{"bad addr", []string{"--addr", "127.0.0.1:99999"}, mem, "--addr"},
+		{"short export lease", nil, append(mem, "FHIRBUCKET_EXPORT_LEASE_TTL=1s"), "FHIRBUCKET_EXPORT_LEASE_TTL"},
+		{"bad export part lines", []string{"--export-part-lines", "many"}, mem, "--export-part-lines"},
+		{"tiny export part bytes", nil, append(mem, "FHIRBUCKET_EXPORT_PART_BYTES=10"), "FHIRBUCKET_EXPORT_PART_BYTES"},
+		{"zero export workers", nil, append(mem, "FHIRBUCKET_EXPORT_WORKERS=0"), "FHIRBUCKET_EXPORT_WORKERS"},
+		{"export min poll above retry-after", nil, append(mem, "FHIRBUCKET_EXPORT_MIN_POLL=5s"), "FHIRBUCKET_EXPORT_MIN_POLL"},
 		{"data dir with memory", nil, append(mem, "FHIRBUCKET_DATA_DIR="+dir), "FHIRBUCKET_DATA_DIR"},
 		{"S3 setting with file", nil, []string{"FHIRBUCKET_DATA_DIR=" + dir, "FHIRBUCKET_S3_BUCKET=b"}, "FHIRBUCKET_S3_BUCKET"},
 		{"S3 flag with memory", []string{"--s3-prefix", "p"}, mem, "--s3-prefix"},
@@ -120,6 +127,15 @@ func TestHelpListsEverySetting(t *testing.T) {
 		t.Fatalf("serve --help: exit %d", code)
 	}
 	doc := readDoc(t)
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range serveSettings {
+		if !strings.Contains(string(readme), "| `"+s.env+"`") {
+			t.Errorf("README.md's settings table does not list %s", s.env)
+		}
+	}
 	for _, list := range [][]setting{serveSettings, storeSettings, fsckSettings} {
 		for _, s := range list {
 			if s.env != "" && !strings.Contains(stderr.String(), s.env) && list[0].flag != "repair" {

@@ -48,16 +48,7 @@ var loadSettings = []setting{
 // loadCmd runs `fhirbucket load`.
 func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
 	fs, v := newFlagSet("load", loadSummary, stderr, loadSettings)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: fhirbucket load [flags] FILE|DIR …\n\n%s\n\nflags (no environment variables):\n\n", loadSummary)
-		for _, s := range loadSettings {
-			def := s.def
-			if def == "" {
-				def = "none"
-			}
-			fmt.Fprintf(stderr, "  --%s\n        %s (default: %s)\n", s.flag, s.usage, def)
-		}
-	}
+	fs.Usage = func() { clientUsage(stderr, "load [flags] FILE|DIR …", loadSummary, loadSettings) }
 	paths, err := parseInterleaved(fs, args)
 	if err != nil {
 		return exitError, err
@@ -105,16 +96,11 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 // progress mode; errors name the flag.
 func loadConfig(v *values) (loader.Config, string, error) {
 	var cfg loader.Config
-	raw := v.str("url")
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return cfg, "", fmt.Errorf("--url: %q is not an http:// or https:// base URL (without query or fragment)", raw)
+	var err error
+	if cfg.URL, cfg.Token, err = clientTarget(v); err != nil {
+		return cfg, "", err
 	}
-	cfg.URL = raw
 	cfg.Tenant = v.str("tenant")
-	if v.given("token") && v.given("token-file") {
-		return cfg, "", fmt.Errorf("--token and --token-file: give one, not both")
-	}
 	hc, err := clientHTTP(v)
 	if err != nil {
 		return cfg, "", err
@@ -125,16 +111,6 @@ func loadConfig(v *values) (loader.Config, string, error) {
 	}
 	if cfg.Tokens != nil && (v.given("token") || v.given("token-file")) {
 		return cfg, "", fmt.Errorf("--client-id and --token/--token-file: authenticate one way, not both")
-	}
-	cfg.Token = v.str("token")
-	if v.given("token-file") {
-		data, err := os.ReadFile(v.str("token-file"))
-		if err != nil {
-			return cfg, "", fmt.Errorf("--token-file: %w", err)
-		}
-		if cfg.Token = strings.TrimSpace(string(data)); cfg.Token == "" {
-			return cfg, "", fmt.Errorf("--token-file %s: the file is empty", v.str("token-file"))
-		}
 	}
 	for _, s := range []struct {
 		name string
@@ -222,6 +198,42 @@ func backendServices(v *values, baseURL, tenant string, hc *http.Client) (loader
 		return nil, err
 	}
 	return src, nil
+}
+
+// clientTarget reads the --url, --token and --token-file flags of the
+// client commands (load, export).
+func clientTarget(v *values) (base, token string, err error) {
+	raw := v.str("url")
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return "", "", fmt.Errorf("--url: %q is not an http:// or https:// base URL (without query or fragment)", raw)
+	}
+	if v.given("token") && v.given("token-file") {
+		return "", "", fmt.Errorf("--token and --token-file: give one, not both")
+	}
+	token = v.str("token")
+	if v.given("token-file") {
+		data, err := os.ReadFile(v.str("token-file"))
+		if err != nil {
+			return "", "", fmt.Errorf("--token-file: %w", err)
+		}
+		if token = strings.TrimSpace(string(data)); token == "" {
+			return "", "", fmt.Errorf("--token-file %s: the file is empty", v.str("token-file"))
+		}
+	}
+	return raw, token, nil
+}
+
+// clientUsage prints the usage of a client command (flags only).
+func clientUsage(w io.Writer, synopsis, summary string, defs []setting) {
+	fmt.Fprintf(w, "usage: fhirbucket %s\n\n%s\n\nflags (no environment variables):\n\n", synopsis, summary)
+	for _, s := range defs {
+		def := s.def
+		if def == "" {
+			def = "none"
+		}
+		fmt.Fprintf(w, "  --%s\n        %s (default: %s)\n", s.flag, s.usage, def)
+	}
 }
 
 // parseInterleaved parses flags that may come before, between and after

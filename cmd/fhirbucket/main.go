@@ -7,6 +7,7 @@
 //	fhirbucket bench     measure throughput and S3 requests (docs/performance.md)
 //	fhirbucket load      send Bundle and NDJSON files to a FHIR server
 //	fhirbucket client    register a SMART Backend Services client (key pair, JWKS)
+//	fhirbucket export    bulk export from a FHIR server into a folder
 //
 // Configuration comes from flags and FHIRBUCKET_* environment variables
 // (flags win); `fhirbucket <command> --help` lists every setting and
@@ -61,6 +62,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		code, err = loadCmd(ctx, args[1:], stdout, stderr)
 	case "client":
 		err = clientCmd(args[1:], stdout, stderr)
+	case "export":
+		code, err = exportCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		usage(stdout)
 		return exitOK
@@ -89,6 +92,7 @@ commands:
   bench     measure throughput, latency and S3 requests per operation
   load      load Bundle and NDJSON files into a FHIR server (POST to its base)
   client    client register: make a SMART Backend Services key pair and registry entry
+  export    bulk-export a FHIR server's data into a folder ($export, then the files)
 
 Run "fhirbucket <command> --help" for the settings of a command.
 `)

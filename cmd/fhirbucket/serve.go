@@ -74,7 +74,12 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 	defer func() { stopRecovery(); <-recoveryDone }()
 	// Bulk export: jobs run in every serve process, which claims them by
 	// their leases and resumes those of replicas that stopped.
-	exp, err := export.New(export.Config{Store: be.store, Logger: log, Hooks: export.Hooks{
+	ecfg, err := exportConfig(v)
+	if err != nil {
+		return err
+	}
+	ecfg.Store, ecfg.Logger, ecfg.Owner = be.store, log, processOwner()
+	ecfg.Hooks = export.Hooks{
 		JobStarted: func() func(error) {
 			stopped := m.BulkJobStarted(metrics.BulkExport)
 			return func(err error) {
@@ -85,7 +90,8 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 			}
 		},
 		Exported: func(n int, _ int64) { m.BulkResources(metrics.BulkExport, n, 0) },
-	}})
+	}
+	exp, err := export.New(ecfg)
 	if err != nil {
 		return err
 	}
