@@ -140,11 +140,11 @@ func (s *Store) apply(ctx context.Context, sc scope, c Change, fresh bool) (*Res
 	created := false
 	switch c.Method {
 	case MethodPost, MethodPut:
-		w.build = func(cur *Resource, lu time.Time) (*Resource, error) {
-			v, createdAt := 1, lu
+		w.build = func(cur *Resource, v int, lu time.Time) (*Resource, error) {
+			createdAt := lu
 			created = cur == nil
 			if cur != nil {
-				v, createdAt = cur.Version+1, cur.CreatedAt
+				createdAt = cur.CreatedAt
 			}
 			content, err := fhir.SetMeta(c.Content, id, strconv.Itoa(v), lu)
 			if err != nil {
@@ -153,7 +153,7 @@ func (s *Store) apply(ctx context.Context, sc scope, c Change, fresh bool) (*Res
 			return &Resource{Type: typ, ID: id, Tenant: sc.tenant, Content: content, CreatedAt: createdAt, LastModified: lu, Method: c.Method, Tx: c.Tx}, nil
 		}
 	case MethodDelete:
-		w.build = func(cur *Resource, lu time.Time) (*Resource, error) {
+		w.build = func(cur *Resource, _ int, lu time.Time) (*Resource, error) {
 			if cur == nil || cur.Deleted() {
 				return nil, nil
 			}
@@ -246,13 +246,13 @@ func (s *Store) Revert(ctx context.Context, tenant, typ, id string, written int)
 		return nil, fmt.Errorf("%w: %s/%s has no version %d to revert (current is %d)", ErrNotFound, typ, id, written, v)
 	}
 	res, err := s.write(ctx, sc, writeReq{typ: typ, id: id, known: cur, base: written,
-		build: func(cur *Resource, lu time.Time) (*Resource, error) {
+		build: func(cur *Resource, v int, lu time.Time) (*Resource, error) {
 			next := &Resource{Type: typ, ID: id, Tenant: sc.tenant, CreatedAt: cur.CreatedAt, LastModified: lu}
 			if prev == nil || prev.Deleted() {
 				next.Content, next.DeletedAt, next.Method = cur.Content, &lu, MethodDelete
 				return next, nil
 			}
-			content, err := fhir.SetMeta(prev.Content, id, strconv.Itoa(written+1), lu)
+			content, err := fhir.SetMeta(prev.Content, id, strconv.Itoa(v), lu)
 			if err != nil {
 				return nil, fmt.Errorf("fhirstore: restoring %s/%s version %d: %w", typ, id, written-1, err)
 			}

@@ -115,6 +115,9 @@ func TestTransactionVisibility(t *testing.T) {
 		if err != nil || res.Version != 3 || created2 {
 			t.Fatalf("update after the abort: %+v created=%v %v", res, created2, err)
 		}
+		if !strings.Contains(string(res.Content), `"versionId":"3"`) {
+			t.Errorf("meta.versionId of version 3: %s", res.Content)
+		}
 		if r, err := s3.Read(ctx, DefaultTenant, "Patient", "a"); err != nil || !strings.Contains(string(r.Content), "after") {
 			t.Errorf("read after the update: %+v %v", r, err)
 		}
@@ -159,7 +162,7 @@ func TestAbortedClaimIsSkipped(t *testing.T) {
 			t.Fatalf("Head: %+v %v", h, err)
 		}
 		res, _, err := s.Apply(ctx, DefaultTenant, Change{Type: "Patient", ID: "a", Method: MethodPut, Content: patient("a", "new"), Base: 1, Head: &h})
-		if err != nil || res.Version != 3 {
+		if err != nil || res.Version != 3 || !strings.Contains(string(res.Content), `"versionId":"3"`) {
 			t.Fatalf("Apply with Base 1 over an aborted claim: %+v %v", res, err)
 		}
 		m, _ := ParseIfMatch(`W/"1"`)

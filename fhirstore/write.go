@@ -51,9 +51,11 @@ func (s *Store) readCurrent(ctx context.Context, sc scope, typ, id string) (*cur
 // draws another one.
 var errIDTaken = errors.New("fhirstore: id already in use")
 
-// buildFunc computes the next version from the current one (nil: no
-// resource). Returning (nil, nil) means there is nothing to write.
-type buildFunc func(cur *Resource, lastUpdated time.Time) (*Resource, error)
+// buildFunc computes version (the number it will be stored as) from the
+// visible current one (nil: no resource). version can be more than
+// cur.Version+1: a version hidden by an aborted transaction keeps its
+// number. Returning (nil, nil) means there is nothing to write.
+type buildFunc func(cur *Resource, version int, lastUpdated time.Time) (*Resource, error)
 
 // writeReq is one write of one resource (see write).
 type writeReq struct {
@@ -114,7 +116,7 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 			// at the first older version.
 			lastUpdated = cur.res.LastModified
 		}
-		next, err := w.build(vis, lastUpdated)
+		next, err := w.build(vis, cur.version()+1, lastUpdated)
 		if err != nil || next == nil {
 			return nil, err
 		}

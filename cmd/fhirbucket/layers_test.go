@@ -33,7 +33,7 @@ var (
 // layerRules is the import table: adding a package is adding a row.
 var layerRules = []layerRule{
 	// The command and the benchmark runner wire everything together.
-	{pkg: "cmd/fhirbucket", allow: slices.Concat([]string{"server", "metrics", "bench", "loader", "internal/s3server"}, services, drivers)},
+	{pkg: "cmd/fhirbucket", allow: slices.Concat([]string{"server", "metrics", "bench", "loader", "bulkclient", "internal/clientkit", "internal/s3server"}, services, drivers)},
 	{pkg: "bench", allow: slices.Concat([]string{"server", "metrics", "internal/s3server"}, services, drivers)},
 
 	// The HTTP layer talks to the services, never to a driver.
@@ -54,7 +54,11 @@ var layerRules = []layerRule{
 	{pkg: "auth/smart", allow: []string{"auth", "fhir", "internal/layout", "storage"}},
 	// The client side of SMART Backend Services, shared by the CLIs.
 	{pkg: "auth/smartclient"},
-	{pkg: "loader", allow: []string{"fhir"}},
+	// The CLI clients (load, export) speak HTTP to a server; they share
+	// retries and progress through internal/clientkit, a leaf.
+	{pkg: "loader", allow: []string{"fhir", "internal/clientkit"}},
+	{pkg: "bulkclient", allow: []string{"fhir", "internal/clientkit"}},
+	{pkg: "internal/clientkit"},
 
 	// The resource store and what it stands on: nothing below fhirstore
 	// knows what FHIR is.
