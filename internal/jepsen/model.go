@@ -128,7 +128,8 @@ type Output struct {
 	// Unknown: the client got no definite answer (transport error,
 	// timeout, 5xx): the operation may or may not have taken effect.
 	Unknown bool
-	// Status is the HTTP status (of the entry, for KindTxPut).
+	// Status is the HTTP status (of the entry, for KindTxPut; 0 for a
+	// KindTxPut whose claim of Version was learnt from the bucket).
 	Status int
 	// Version is the version the answer names (its ETag; 0 when none:
 	// 404, or a delete that found nothing to delete).
@@ -441,6 +442,13 @@ func stepResource(s resState, in Input, out Output) []resState {
 			return next
 		}
 		switch out.Status {
+		case 0:
+			// A transaction's claim of version Version, learnt from the
+			// bucket after the run (its client got no such answer).
+			if in.Kind == KindTxPut && allowed(s) && out.Version == s.n+1 {
+				return []resState{claim(s)}
+			}
+			return nil
 		case 200, 201:
 			// 201 exactly when no version was visible: update-as-create;
 			// a PUT on a tombstone restores it with 200. A single write

@@ -235,7 +235,9 @@ func putOn(id string, w int, ifMatch int) Input {
 	return Input{ID: id, Kind: KindPut, Write: w, Marker: fmt.Sprintf("m%d", w), IfMatch: ifMatch}
 }
 
-func ok(status, v int, marker string) Output { return Output{Status: status, Version: v, Marker: marker} }
+func ok(status, v int, marker string) Output {
+	return Output{Status: status, Version: v, Marker: marker}
+}
 
 func readOf(id string) Input { return Input{ID: id, Kind: KindRead} }
 
@@ -325,6 +327,12 @@ func TestModelTransactions(t *testing.T) {
 			op(101, 102, readOf("a"), ok(200, 2, "m3")).
 			write(103, 104, putOn("a", 5, 0), ok(200, 3, "m5")).
 			op(105, 106, Input{ID: "a", Kind: KindHistory, Count: 5}, Output{Status: 200, Entries: []Entry{{3, false, "m5"}, {1, false, "m1"}}}), false},
+		{"a failed transaction's claim learnt from the bucket", base().
+			op(20, 30, Input{ID: "a", Kind: KindTxPut, Tx: 1, Write: 3, Marker: "m3"}, Output{Version: 2}).
+			write(40, 50, putOn("a", 5, 0), ok(200, 3, "m5")), true},
+		{"a claim learnt from the bucket that does not fit", base().
+			op(20, 30, Input{ID: "a", Kind: KindTxPut, Tx: 1, Write: 3, Marker: "m3"}, Output{Version: 2}).
+			write(40, 50, putOn("a", 5, 0), ok(200, 2, "m5")), false},
 		{"created by a transaction: 201", new(hist).
 			tx(20, 30, 1, ab(3, 4, 0, 0), []Output{ok(201, 1, "m3"), ok(201, 1, "m4")}, "committed").
 			op(40, 50, readOf("b"), ok(200, 1, "m4")), true},
