@@ -48,7 +48,9 @@
 // binary (as `make test` provides) and takes about a minute.
 // FHIRBUCKET_TEST_JEPSEN_LONG=1 runs five minutes with more clients and
 // faults; FHIRBUCKET_TEST_JEPSEN_SEED repeats a run's random choices (not
-// its timing); FHIRBUCKET_TEST_JEPSEN_CHECK_TIMEOUT bounds the checker.
+// its timing); FHIRBUCKET_TEST_JEPSEN_CHECK_TIMEOUT bounds the checker;
+// FHIRBUCKET_TEST_JEPSEN_DUMP=file writes the history, which
+// TestCheckHistory checks again with FHIRBUCKET_TEST_JEPSEN_HISTORY=file.
 // When the history is not linearizable the test writes porcupine's
 // visualization to a temporary HTML file and prints its path and the
 // operations that cannot be placed.
