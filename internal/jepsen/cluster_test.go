@@ -3,8 +3,10 @@ package jepsen
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -22,6 +24,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"fhirbucket/fhirstore"
+	"fhirbucket/internal/layout"
 	"fhirbucket/internal/s3server"
 )
 
@@ -37,6 +41,11 @@ const (
 	region      = "us-east-1"
 	bucketName  = "jepsen"
 	readyWithin = 60 * time.Second
+
+	// txLeaseTTL and txRecoveryInterval are the replicas' transaction
+	// lease and recovery interval (the shortest lease serve accepts).
+	txLeaseTTL         = 3 * time.Second
+	txRecoveryInterval = 500 * time.Millisecond
 )
 
 // tailBuffer keeps the last part of a process's output for failure
@@ -249,8 +258,9 @@ func (m *minio) restart(ctx context.Context, down time.Duration) error {
 	return m.waitReady(ctx)
 }
 
-func (m *minio) createBucket(ctx context.Context, name string) error {
-	c := s3.New(s3.Options{
+// s3Client is an S3 client of MinIO with the root credentials.
+func (m *minio) s3Client() *s3.Client {
+	return s3.New(s3.Options{
 		Region:                     region,
 		BaseEndpoint:               aws.String(m.endpoint),
 		UsePathStyle:               true,
@@ -258,6 +268,10 @@ func (m *minio) createBucket(ctx context.Context, name string) error {
 		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
 	})
+}
+
+func (m *minio) createBucket(ctx context.Context, name string) error {
+	c := m.s3Client()
 	// MinIO may answer ready before it accepts requests
 	// (XMinioServerNotInitialized): try for a while.
 	ctx, cancel := context.WithTimeout(ctx, readyWithin)
@@ -273,6 +287,114 @@ func (m *minio) createBucket(ctx context.Context, name string) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// readStore reads, directly from MinIO, every version object of ids
+// (hidden ones too) and every transaction journal of the default tenant.
+func (m *minio) readStore(ctx context.Context, ids []string) (*storeSnapshot, error) {
+	c := m.s3Client()
+	base := fhirstore.DefaultTenant + "/"
+	st := &storeSnapshot{versions: map[string]map[int]storedVersion{}, journals: map[string]journal{}}
+	type object struct {
+		key, id string
+		v       int // 0: a journal
+	}
+	var objects []object
+	for _, id := range ids {
+		st.versions[id] = map[int]storedVersion{}
+	}
+	prefixes := []string{base + layout.TransactionsPrefix}
+	for _, id := range ids {
+		prefixes = append(prefixes, base+layout.VersionsPrefix(resourceType, id))
+	}
+	for i, prefix := range prefixes {
+		p := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: aws.String(bucketName), Prefix: aws.String(prefix)})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("listing %s: %w", prefix, err)
+			}
+			for _, o := range page.Contents {
+				key := aws.ToString(o.Key)
+				if i == 0 {
+					objects = append(objects, object{key: key})
+					continue
+				}
+				v, ok := layout.ParseVersion(strings.TrimPrefix(key, prefix))
+				if !ok {
+					return nil, fmt.Errorf("%s is no version object", key)
+				}
+				objects = append(objects, object{key: key, id: ids[i-1], v: v})
+			}
+		}
+	}
+	var mu sync.Mutex
+	var firstErr error
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, o := range objects {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			err := func() error {
+				out, err := c.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucketName), Key: aws.String(o.key)})
+				if err != nil {
+					return err
+				}
+				defer out.Body.Close()
+				data, err := io.ReadAll(out.Body)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if o.v == 0 {
+					var doc struct {
+						State struct {
+							TxID    string `json:"tx_id"`
+							Status  string `json:"status"`
+							Entries []struct {
+								ID      string `json:"id"`
+								Version int    `json:"version"`
+							} `json:"entries"`
+						} `json:"state"`
+					}
+					if err := json.Unmarshal(data, &doc); err != nil {
+						return err
+					}
+					j := journal{status: doc.State.Status}
+					for _, e := range doc.State.Entries {
+						j.entries = append(j.entries, journalEntry{e.ID, e.Version})
+					}
+					st.journals[doc.State.TxID] = j
+					return nil
+				}
+				var env struct {
+					Tx        string    `json:"transaction_id"`
+					DeletedAt *string   `json:"deleted_at"`
+					Content   *resource `json:"content"`
+				}
+				if err := json.Unmarshal(data, &env); err != nil {
+					return err
+				}
+				sv := storedVersion{tx: env.Tx, deleted: env.DeletedAt != nil}
+				if env.Content != nil {
+					sv.marker = env.Content.marker()
+				}
+				st.versions[o.id][o.v] = sv
+				return nil
+			}()
+			if err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = fmt.Errorf("reading %s: %w", o.key, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return st, firstErr
 }
 
 // storeEnv is the environment that points fhirbucket at the bucket
@@ -315,7 +437,10 @@ func newReplica(t *testing.T, bin string, n int, s3Endpoint string) *replica {
 	r := &replica{base: "http://" + addr, proc: &proc{
 		name: fmt.Sprintf("replica %d", n), bin: bin, log: &tailBuffer{},
 		args: []string{"serve"},
-		env:  append(storeEnv(s3Endpoint), "FHIRBUCKET_ADDR="+addr),
+		// Short transaction leases, so that the journal of a transaction
+		// whose replica was killed is aborted within the run.
+		env: append(storeEnv(s3Endpoint), "FHIRBUCKET_ADDR="+addr,
+			"FHIRBUCKET_TX_LEASE_TTL="+txLeaseTTL.String(), "FHIRBUCKET_TX_RECOVERY_INTERVAL="+txRecoveryInterval.String()),
 	}}
 	t.Cleanup(r.kill)
 	return r

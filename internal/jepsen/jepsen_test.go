@@ -3,7 +3,9 @@ package jepsen
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -26,9 +28,13 @@ import (
 // (The variable carries the FHIRBUCKET_TEST_ prefix, which the command
 // reserves for test suites, so the spawned servers do not reject it.)
 type runConfig struct {
-	clients    int
-	ids        int           // resources per epoch
-	epoch      time.Duration // clients move to fresh ids after each epoch
+	clients int
+	ids     int // resources per epoch
+	// epoch: clients move to fresh ids after each epoch. Transactions
+	// join the resources of an epoch into one partition of the check,
+	// whose search grows steeply with its length: 5 s of operations on
+	// 4 ids check in seconds, 10 s no longer within minutes.
+	epoch      time.Duration
 	duration   time.Duration
 	maxOps     int // per client
 	kills      int // kill -9 of a replica, each followed by a restart
@@ -43,6 +49,11 @@ type runConfig struct {
 	checkTimeout time.Duration
 }
 
+// txTimeout is the clients' timeout for a transaction: far longer than
+// any transaction takes, because a commit goes on when its client leaves
+// (see client.tx).
+const txTimeout = 60 * time.Second
+
 func config() runConfig {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("FHIRBUCKET_TEST_JEPSEN_SEED"); s != "" {
@@ -53,7 +64,7 @@ func config() runConfig {
 	cfg := runConfig{
 		clients:  6,
 		ids:      4,
-		epoch:    30 * time.Second,
+		epoch:    5 * time.Second,
 		duration: 30 * time.Second,
 		maxOps:   1500,
 		kills:    3,
@@ -69,10 +80,10 @@ func config() runConfig {
 		cfg.checkTimeout = d
 	}
 	if os.Getenv("FHIRBUCKET_TEST_JEPSEN_LONG") == "1" {
-		// Fresh ids every minute keep each resource's history, and so the
-		// number of operations with an unknown outcome the checker must
-		// place in one partition, as small as in the default run.
-		cfg.clients, cfg.ids, cfg.duration, cfg.epoch, cfg.maxOps, cfg.kills = 10, 5, 5*time.Minute, time.Minute, 20000, 15
+		// Fresh ids as often as in the default run keep each partition,
+		// and so the number of operations with an unknown outcome the
+		// checker must place in one, as small as there.
+		cfg.clients, cfg.ids, cfg.duration, cfg.maxOps, cfg.kills = 10, 5, 5*time.Minute, 20000, 15
 	}
 	return cfg
 }
@@ -131,7 +142,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	defer stopRun()
 
 	// Clients.
-	var writes atomic.Int64
+	var writes, txs atomic.Int64
 	var wg sync.WaitGroup
 	transport := &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 30 * time.Second}
 	t.Cleanup(transport.CloseIdleConnections)
@@ -139,12 +150,14 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		c := &client{
 			n: n, nClients: cfg.clients,
 			http:     &http.Client{Timeout: 10 * time.Second, Transport: transport},
+			txHTTP:   &http.Client{Timeout: txTimeout, Transport: transport},
 			rng:      rand.New(rand.NewPCG(cfg.seed, uint64(n))),
 			rec:      rec,
 			replicas: replicas,
 			epochs:   epochs,
 			epochLen: cfg.epoch,
 			writes:   &writes,
+			txs:      &txs,
 			seen:     map[string]int{},
 		}
 		wg.Go(func() { c.run(runCtx, cfg.maxOps) })
@@ -228,12 +241,31 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		}
 	}
 
-	// Roll forward what the faults left unfinished, then nothing may
+	// Roll forward what the faults left unfinished and abort the
+	// transactions killed replicas left open (once their leases have
+	// expired: until then fsck leaves them running), then nothing may
 	// remain.
 	fsckStart := time.Now()
-	code, out, err := fsck(ctx, bin, m.endpoint, "--repair")
-	if err != nil || code != 0 {
-		t.Fatalf("fsck --repair: exit %d, %v:\n%s", code, err, out)
+	var code int
+	var out string
+	for attempt := 0; ; attempt++ {
+		code, out, err = fsck(ctx, bin, m.endpoint, "--repair")
+		if err != nil || code != 0 {
+			t.Fatalf("fsck --repair: exit %d, %v:\n%s", code, err, out)
+		}
+		running := -1
+		for l := range strings.Lines(out) {
+			if _, rest, ok := strings.Cut(l, "abandoned ones aborted, "); ok {
+				_, _ = fmt.Sscanf(rest, "%d still running", &running)
+			}
+		}
+		if running == 0 {
+			break
+		}
+		if attempt >= 10 {
+			t.Fatalf("fsck --repair: transactions still running long after the run:\n%s", out)
+		}
+		time.Sleep(txLeaseTTL / 3)
 	}
 	repairEnd := time.Now()
 	repaired := strings.Count(out, "REPAIRED")
@@ -253,7 +285,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 	for _, id := range ids {
 		call := rec.now()
-		es, status, err := finalHistory(ctx, hc, replicas[0].base, id)
+		es, status, err := finalHistory(ctx, hc, rec, replicas[0].base, id)
 		if err != nil {
 			t.Fatalf("final history: %v", err)
 		}
@@ -261,27 +293,68 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		rec.add(2*cfg.clients, call, rec.now(), Input{ID: id, Kind: KindHistory, Count: math.MaxInt32}, Output{Status: status, Entries: es})
 	}
 
+	stored, err := m.readStore(ctx, ids)
+	if err != nil {
+		t.Fatalf("reading the bucket: %v", err)
+	}
+
+	for _, b := range resolveTxs(rec, stored) {
+		t.Errorf("transactions: %s", b)
+	}
 	rec.mu.Lock()
-	ops, acked, problems := rec.ops, rec.acked, rec.problems
+	ops, acked, problems, txRecs, mismatch := rec.ops, rec.acked, rec.problems, rec.txs, rec.metaMismatch
 	rec.mu.Unlock()
 	for _, p := range problems {
 		t.Errorf("wrong answer: %s", p)
 	}
-	for _, b := range checkFinal(final, acked) {
+	if len(mismatch) > 0 {
+		keys := slices.Sorted(maps.Keys(mismatch))
+		var ex []string
+		for _, k := range keys[:min(len(keys), 10)] {
+			ex = append(ex, fmt.Sprintf("%s has meta.versionId %s", k, mismatch[k]))
+		}
+		t.Errorf("wrong answer: %d versions were returned with a meta.versionId that is not their version, e.g. %s",
+			len(keys), strings.Join(ex, ", "))
+	}
+	for _, b := range checkFinal(final, acked, txRecs, stored) {
 		t.Errorf("final state: %s", b)
 	}
 
+	if path := os.Getenv("FHIRBUCKET_TEST_JEPSEN_DUMP"); path != "" {
+		if err := dumpHistory(path, ops); err != nil {
+			t.Errorf("writing the history: %v", err)
+		} else {
+			t.Logf("history written to %s (FHIRBUCKET_TEST_JEPSEN_HISTORY=%[1]s checks it again)", path)
+		}
+	}
 	checkStart := time.Now()
 	model := Model()
 	res, info := porcupine.CheckOperationsVerbose(model, ops, cfg.checkTimeout)
 	checkTime := time.Since(checkStart)
 
-	versions := 0
-	for _, es := range final {
+	versions, hidden := 0, 0
+	for id, es := range final {
 		versions += len(es)
+		hidden += len(stored.versions[id]) - len(es)
 	}
-	t.Logf("operations checked: %d (%s), of which unknown outcome: %s; writes not sent (replica down): %d; acknowledged writes: %d; final versions: %d",
-		len(ops), formatCounts(rec.byKind), formatKinds(rec.unknown), rec.notSent, len(acked), versions)
+	txCounts := map[string]int{}
+	for _, tr := range txRecs {
+		k := tr.outcome.String()
+		if tr.status != 0 && tr.outcome != txCommitted {
+			k += " " + strconv.Itoa(tr.status)
+		}
+		if tr.resolved != "" {
+			k += " (" + tr.resolved + ")"
+		}
+		txCounts[k]++
+	}
+	journals := map[string]int{}
+	for _, j := range stored.journals {
+		journals[j.status]++
+	}
+	t.Logf("operations checked: %d (%s), of which unknown outcome: %s; writes not sent (replica down): %d; acknowledged writes: %d; final versions: %d visible, %d hidden",
+		len(ops), formatCounts(rec.byKind), formatKinds(rec.unknown), rec.notSent, len(acked), versions, hidden)
+	t.Logf("transactions: %d (%s); journals: %s", len(txRecs), formatCounts(txCounts), formatCounts(journals))
 	t.Logf("faults: %s", formatCounts(faults))
 	t.Logf("durations: setup %s, run %s, fsck %s, check %s (result %s)",
 		setup.Round(time.Millisecond), runTime.Round(time.Millisecond), fsckTime.Round(time.Millisecond), checkTime.Round(time.Millisecond), res)
@@ -333,8 +406,14 @@ func reportViolation(t *testing.T, model porcupine.Model, ops []porcupine.Operat
 		for _, id := range longest {
 			placed[id] = true
 		}
-		t.Logf("resource %s: %d of %d operations linearize; the last of them, in linearization order:",
-			part[0].Input.(Input).ID, len(longest), len(part))
+		ids := map[string]bool{}
+		for _, op := range part {
+			if id := op.Input.(Input).ID; id != "" {
+				ids[id] = true
+			}
+		}
+		t.Logf("resources %s: %d of %d operations linearize; the last of them, in linearization order:",
+			strings.Join(slices.Sorted(maps.Keys(ids)), " "), len(longest), len(part))
 		for _, id := range longest[max(0, len(longest)-12):] {
 			t.Logf("  %s", opText(part[id]))
 		}
@@ -393,4 +472,54 @@ func lastLine(s string) string {
 		return s[i+1:]
 	}
 	return s
+}
+
+// recordedOp is an operation as dumpHistory writes it.
+type recordedOp struct {
+	Client    int
+	Call, Ret int64
+	Input     Input
+	Output    Output
+}
+
+// dumpHistory writes ops as JSON, for TestCheckHistory.
+func dumpHistory(path string, ops []porcupine.Operation) error {
+	rs := make([]recordedOp, len(ops))
+	for i, op := range ops {
+		rs[i] = recordedOp{op.ClientId, op.Call, op.Return, op.Input.(Input), op.Output.(Output)}
+	}
+	data, err := json.Marshal(rs)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
+}
+
+// TestCheckHistory checks a history that TestLinearizableUnderFaults
+// wrote (FHIRBUCKET_TEST_JEPSEN_DUMP) again: FHIRBUCKET_TEST_JEPSEN_HISTORY
+// names the file.
+func TestCheckHistory(t *testing.T) {
+	path := os.Getenv("FHIRBUCKET_TEST_JEPSEN_HISTORY")
+	if path == "" {
+		t.Skip("set FHIRBUCKET_TEST_JEPSEN_HISTORY to a history written with FHIRBUCKET_TEST_JEPSEN_DUMP")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []recordedOp
+	if err := json.Unmarshal(data, &rs); err != nil {
+		t.Fatal(err)
+	}
+	ops := make([]porcupine.Operation, len(rs))
+	for i, r := range rs {
+		ops[i] = porcupine.Operation{ClientId: r.Client, Call: r.Call, Return: r.Ret, Input: r.Input, Output: r.Output}
+	}
+	model := Model()
+	start := time.Now()
+	res, info := porcupine.CheckOperationsVerbose(model, ops, config().checkTimeout)
+	t.Logf("%d operations, %d partitions: %s in %s", len(ops), len(model.Partition(ops)), res, time.Since(start).Round(time.Millisecond))
+	if res != porcupine.Ok {
+		reportViolation(t, model, ops, info)
+	}
 }

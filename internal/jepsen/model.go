@@ -29,11 +29,28 @@
 // write can only come from a roll-forward, which the model attributes to
 // the write or repair that performs it.
 //
+// A transaction Bundle that updates several of the resources is recorded
+// as one claim (KindTxPut) and one completion (KindComplete) per entry,
+// each checked like a single write's halves, and one commit (KindTxEnd)
+// at which every version the transaction wrote becomes visible at once.
+// Until then those versions are hidden: reads, vreads and histories skip
+// them, but they hold their version numbers, so the next writer of the
+// resource builds on top of them and visible version numbers skip the
+// version of a transaction that never commits. A transaction that failed
+// definitely (409, 412) has no commit; its claims are of unknown outcome,
+// since some of its entries may have been written (hidden for good)
+// before another one failed. The commit couples the resources a
+// transaction touches, so the model's state is that of every resource of
+// a partition, and the resources are partitioned by the transactions
+// that join them (in the default run: all of them).
+//
 // Running it: the cluster test needs RUN_MINIO_S3_TESTS=1 and the minio
 // binary (as `make test` provides) and takes about a minute.
 // FHIRBUCKET_TEST_JEPSEN_LONG=1 runs five minutes with more clients and
 // faults; FHIRBUCKET_TEST_JEPSEN_SEED repeats a run's random choices (not
-// its timing); FHIRBUCKET_TEST_JEPSEN_CHECK_TIMEOUT bounds the checker.
+// its timing); FHIRBUCKET_TEST_JEPSEN_CHECK_TIMEOUT bounds the checker;
+// FHIRBUCKET_TEST_JEPSEN_DUMP=file writes the history, which
+// TestCheckHistory checks again with FHIRBUCKET_TEST_JEPSEN_HISTORY=file.
 // When the history is not linearizable the test writes porcupine's
 // visualization to a temporary HTML file and prints its path and the
 // operations that cannot be placed.
@@ -41,6 +58,8 @@ package jepsen
 
 import (
 	"fmt"
+	"hash/fnv"
+	"slices"
 	"strings"
 
 	"github.com/anishathalye/porcupine"
@@ -68,9 +87,16 @@ const (
 	// KindRepair is `fhirbucket fsck --repair`: it rolls a claimed
 	// version forward.
 	KindRepair
+	// KindTxPut is the claim half of one PUT entry (Write) of transaction
+	// Tx (IfMatch > 0: the entry's request.ifMatch): a version that stays
+	// hidden until the transaction's KindTxEnd.
+	KindTxPut
+	// KindTxEnd is the commit of transaction Tx, whose entries are
+	// Entries: every version it claimed becomes visible at once.
+	KindTxEnd
 )
 
-var kindNames = []string{"read", "vread", "history", "put", "delete", "complete", "repair"}
+var kindNames = []string{"read", "vread", "history", "put", "delete", "complete", "repair", "tx-put", "tx-commit"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -81,13 +107,22 @@ func (k Kind) String() string {
 
 // Input is what a client asked.
 type Input struct {
-	ID      string // the resource id: the partition
+	ID      string // the resource id ("" for KindTxEnd, which names Entries)
 	Kind    Kind
-	Write   int    // KindPut, KindDelete, KindComplete: the write's number, unique in the history
-	Marker  string // KindPut: the content marker the new version carries
-	IfMatch int    // KindPut: 0 = unconditional, else the version named by If-Match
+	Write   int    // KindPut, KindDelete, KindComplete, KindTxPut: the write's number, unique in the history
+	Marker  string // KindPut, KindTxPut: the content marker the new version carries
+	IfMatch int    // KindPut, KindTxPut: 0 = unconditional, else the version named by If-Match
 	Version int    // KindVRead: the version asked for; KindComplete: the version acknowledged
 	Count   int    // KindHistory: the page size asked for
+	Tx      int    // KindTxPut, KindTxEnd: the transaction's number, unique in the history
+	// Entries are the writes of transaction Tx (KindTxEnd).
+	Entries []TxEntry
+}
+
+// TxEntry is one write of a transaction: resource and write number.
+type TxEntry struct {
+	ID    string
+	Write int
 }
 
 // Output is what the client got.
@@ -95,7 +130,8 @@ type Output struct {
 	// Unknown: the client got no definite answer (transport error,
 	// timeout, 5xx): the operation may or may not have taken effect.
 	Unknown bool
-	// Status is the HTTP status.
+	// Status is the HTTP status (of the entry, for KindTxPut; 0 for a
+	// KindTxPut whose claim of Version was learnt from the bucket).
 	Status int
 	// Version is the version the answer names (its ETag; 0 when none:
 	// 404, or a delete that found nothing to delete).
@@ -113,149 +149,330 @@ type Entry struct {
 	Marker  string // "" for a deletion, whose entry carries no resource
 }
 
-// version is one version in the model's log.
+// version is one version in a resource's log.
 type version struct {
 	write   int // the write that claimed it
 	marker  string
 	deleted bool
+	tx      int  // the transaction that wrote it; 0: a single write
+	hidden  bool // a transaction's version before its commit (for good if it never commits)
 }
 
-// State is the model state of one resource: the claimed versions (dense
-// from 1) and the version current.json points at. At most one version is
-// claimed beyond current (len(log) <= cur+1): the store's invariant I2.
-type State struct {
+// node is one element of a log, newest first. Logs are persistent: a
+// new version or a commit makes new nodes on top and shares the rest, so
+// the states the checker keeps cost little.
+type node struct {
+	v    version
+	prev *node
+}
+
+// resState is the model state of one resource: the claimed versions
+// (numbered densely from 1, hidden ones included) and the version
+// current.json points at. At most one version is claimed beyond current
+// (n <= cur+1): the store's invariant I2.
+type resState struct {
 	cur int
-	log []version
+	n   int   // versions claimed
+	log *node // version n first
 }
 
-func (s State) top() version { return s.log[s.cur-1] }
+// at returns version v (1 <= v <= n).
+func (r resState) at(v int) version {
+	nd := r.log
+	for i := r.n; i > v; i-- {
+		nd = nd.prev
+	}
+	return nd.v
+}
 
 // pending reports a claimed version beyond current.
-func (s State) pending() bool { return len(s.log) > s.cur }
+func (r resState) pending() bool { return r.n > r.cur }
 
-// rolled is s with the claimed version made current (roll-forward).
-func (s State) rolled() State { return State{cur: len(s.log), log: s.log} }
+// rolled is r with the claimed version made current (roll-forward).
+func (r resState) rolled() resState { return resState{cur: r.n, n: r.n, log: r.log} }
 
-// before are the states a write may start from: s, and s rolled forward
+// before are the states a write may start from: r, and r rolled forward
 // when the write may have met a claim and completed it.
-func (s State) before() []State {
-	if s.pending() {
-		return []State{s, s.rolled()}
+func (r resState) before() []resState {
+	if r.pending() {
+		return []resState{r, r.rolled()}
 	}
-	return []State{s}
+	return []resState{r}
 }
 
 // settled is the state a write that claims starts from: it can only have
 // claimed after completing the claim it met.
-func (s State) settled() State {
-	if s.pending() {
-		return s.rolled()
+func (r resState) settled() resState {
+	if r.pending() {
+		return r.rolled()
 	}
-	return s
+	return r
 }
 
-// claim returns s with a version claimed by write w (s is not modified).
-func (s State) claim(w int, marker string, deleted bool) State {
-	log := make([]version, len(s.log), len(s.log)+1)
-	copy(log, s.log)
-	return State{cur: s.cur, log: append(log, version{write: w, marker: marker, deleted: deleted})}
+// claim returns r with v claimed as the next version.
+func (r resState) claim(v version) resState {
+	return resState{cur: r.cur, n: r.n + 1, log: &node{v: v, prev: r.log}}
 }
 
-func equalState(a, b State) bool {
-	if a.cur != b.cur || len(a.log) != len(b.log) {
+// visible returns what readers see: the newest version at or below
+// current that is not hidden (ok false: none).
+func (r resState) visible() (int, version, bool) {
+	nd := r.log
+	for i := r.n; i > r.cur; i-- {
+		nd = nd.prev
+	}
+	for v := r.cur; v >= 1; v-- {
+		if !nd.v.hidden {
+			return v, nd.v, true
+		}
+		nd = nd.prev
+	}
+	return 0, version{}, false
+}
+
+// matches reports whether If-Match W/"ifMatch" holds (0: no If-Match):
+// it names the visible version (a tombstone's too).
+func (r resState) matches(ifMatch int) bool {
+	if ifMatch == 0 {
+		return true
+	}
+	v, _, ok := r.visible()
+	return ok && v == ifMatch
+}
+
+func equalRes(a, b resState) bool {
+	if a.cur != b.cur || a.n != b.n {
 		return false
 	}
-	for i := range a.log {
-		if a.log[i] != b.log[i] {
+	for x, y := a.log, b.log; x != y; x, y = x.prev, y.prev {
+		if x == nil || y == nil || x.v != y.v {
 			return false
 		}
 	}
 	return true
 }
 
-// step returns every state the resource can be in after in answered out
+// named is the state of the resource id.
+type named struct {
+	id string
+	r  resState
+}
+
+// State is the model state of the resources of one partition, by id
+// (sorted); a resource that is not listed has no version.
+type State struct {
+	res []named
+}
+
+func (s State) get(id string) resState {
+	for _, n := range s.res {
+		if n.id == id {
+			return n.r
+		}
+	}
+	return resState{}
+}
+
+// with returns s with resource id in state r (s is not modified).
+func (s State) with(id string, r resState) State {
+	i, found := slices.BinarySearchFunc(s.res, id, func(n named, id string) int { return strings.Compare(n.id, id) })
+	res := make([]named, len(s.res), len(s.res)+1)
+	copy(res, s.res)
+	if found {
+		res[i].r = r
+	} else {
+		res = slices.Insert(res, i, named{id: id, r: r})
+	}
+	return State{res: res}
+}
+
+func equalState(a, b State) bool {
+	if len(a.res) != len(b.res) {
+		return false
+	}
+	for i := range a.res {
+		if a.res[i].id != b.res[i].id || !equalRes(a.res[i].r, b.res[i].r) {
+			return false
+		}
+	}
+	return true
+}
+
+// hashState is consistent with equalState: it covers the ids, the
+// positions and the newest version of each resource.
+func hashState(s State) uint64 {
+	h := fnv.New64a()
+	for _, n := range s.res {
+		fmt.Fprintf(h, "%s/%d/%d", n.id, n.r.cur, n.r.n)
+		if n.r.log != nil {
+			fmt.Fprintf(h, "/%d/%t;", n.r.log.v.write, n.r.log.v.hidden)
+		}
+	}
+	return h.Sum64()
+}
+
+// step returns every state the partition can be in after in answered out
 // in state s; none when the answer is impossible.
 func step(s State, in Input, out Output) []State {
-	if out.Unknown && (in.Kind == KindRead || in.Kind == KindVRead || in.Kind == KindHistory) {
-		return []State{s} // a read without an answer changed nothing
+	if in.Kind == KindTxEnd {
+		return stepCommit(s, in, out)
 	}
-	ok := func(b bool) []State {
+	next := stepResource(s.get(in.ID), in, out)
+	states := make([]State, len(next))
+	for i, r := range next {
+		states[i] = s.with(in.ID, r)
+	}
+	return states
+}
+
+// commit makes the versions of the transaction visible: each must be
+// the newest and current version of its resource (the transaction moved
+// every current.json before it committed, and no writer builds on a
+// version of an open transaction) and still hidden.
+func commit(s State, in Input) (State, bool) {
+	for _, e := range in.Entries {
+		r := s.get(e.ID)
+		if r.n == 0 || r.cur != r.n || r.log.v.write != e.Write || r.log.v.tx != in.Tx || !r.log.v.hidden {
+			return s, false
+		}
+		v := r.log.v
+		v.hidden = false
+		s = s.with(e.ID, resState{cur: r.cur, n: r.n, log: &node{v: v, prev: r.log.prev}})
+	}
+	return s, true
+}
+
+func stepCommit(s State, in Input, out Output) []State {
+	c, ok := commit(s, in)
+	switch {
+	case out.Unknown && ok:
+		return []State{s, c}
+	case out.Unknown:
+		return []State{s}
+	case ok && out.Status == 200:
+		return []State{c}
+	}
+	return nil
+}
+
+// stepResource is step for an operation on one resource.
+func stepResource(s resState, in Input, out Output) []resState {
+	if out.Unknown && (in.Kind == KindRead || in.Kind == KindVRead || in.Kind == KindHistory) {
+		return []resState{s} // a read without an answer changed nothing
+	}
+	ok := func(b bool) []resState {
 		if b {
-			return []State{s}
+			return []resState{s}
 		}
 		return nil
 	}
 	switch in.Kind {
 	case KindRead:
+		v, top, exists := s.visible()
 		switch out.Status {
 		case 404:
-			return ok(s.cur == 0)
+			return ok(!exists)
 		case 410:
-			return ok(s.cur > 0 && s.top().deleted && out.Version == s.cur)
+			return ok(exists && top.deleted && out.Version == v)
 		case 200:
-			return ok(s.cur > 0 && !s.top().deleted && out.Version == s.cur && out.Marker == s.top().marker)
+			return ok(exists && !top.deleted && out.Version == v && out.Marker == top.marker)
 		}
 		return nil
 	case KindVRead:
 		v := in.Version
+		if v > s.n || s.at(v).hidden {
+			return ok(out.Status == 404)
+		}
+		at := s.at(v)
 		switch out.Status {
-		case 404:
-			return ok(v > len(s.log))
 		case 410:
-			return ok(v <= len(s.log) && s.log[v-1].deleted && out.Version == v)
+			return ok(at.deleted && out.Version == v)
 		case 200:
-			return ok(v <= len(s.log) && !s.log[v-1].deleted && out.Version == v && out.Marker == s.log[v-1].marker)
+			return ok(!at.deleted && out.Version == v && out.Marker == at.marker)
 		}
 		return nil
 	case KindHistory:
+		_, _, exists := s.visible()
 		switch out.Status {
 		case 404:
-			return ok(s.cur == 0)
+			return ok(!exists)
 		case 200:
-			if s.cur == 0 || len(out.Entries) != min(in.Count, s.cur) {
+			// The page covers the Count version numbers from current
+			// down (below current when current is hidden) and lists the
+			// visible ones.
+			if !exists {
 				return nil
 			}
-			for i, e := range out.Entries {
-				want := s.log[s.cur-1-i]
-				if e.Version != s.cur-i || e.Deleted != want.deleted || (!e.Deleted && e.Marker != want.marker) {
-					return nil
-				}
+			hi := s.cur
+			if s.at(s.cur).hidden {
+				hi--
 			}
-			return []State{s}
+			lo := max(1, hi-in.Count+1)
+			i := 0
+			nd := s.log
+			for v := s.n; v >= lo; v-- {
+				if v <= hi && !nd.v.hidden {
+					if i >= len(out.Entries) {
+						return nil
+					}
+					e := out.Entries[i]
+					if e.Version != v || e.Deleted != nd.v.deleted || (!e.Deleted && e.Marker != nd.v.marker) {
+						return nil
+					}
+					i++
+				}
+				nd = nd.prev
+			}
+			return ok(i == len(out.Entries))
 		}
 		return nil
-	case KindPut:
+	case KindPut, KindTxPut:
 		// The claim of N+1 needs N current (nothing claimed beyond it) and
-		// the If-Match, when given, naming N.
-		allowed := func(p State) bool {
-			return !p.pending() && (in.IfMatch == 0 || (p.cur > 0 && in.IfMatch == p.cur))
+		// the If-Match, when given, naming the visible version.
+		allowed := func(p resState) bool { return !p.pending() && p.matches(in.IfMatch) }
+		claim := func(p resState) resState {
+			return p.claim(version{write: in.Write, marker: in.Marker, tx: in.Tx, hidden: in.Kind == KindTxPut})
 		}
 		if out.Unknown {
-			var next []State
+			var next []resState
 			for _, p := range s.before() {
 				next = append(next, p)
 				if allowed(p) {
-					next = append(next, p.claim(in.Write, in.Marker, false))
+					next = append(next, claim(p))
 				}
 			}
 			return next
 		}
 		switch out.Status {
+		case 0:
+			// A transaction's claim of version Version, learnt from the
+			// bucket after the run (its client got no such answer).
+			if in.Kind == KindTxPut && allowed(s) && out.Version == s.n+1 {
+				return []resState{claim(s)}
+			}
+			return nil
 		case 200, 201:
-			// 201 exactly when there was no resource: update-as-create;
-			// a PUT on a tombstone restores it with 200.
-			p := s.settled()
-			if allowed(p) && out.Version == p.cur+1 && (out.Status == 201) == (p.cur == 0) &&
+			// 201 exactly when no version was visible: update-as-create;
+			// a PUT on a tombstone restores it with 200. A single write
+			// completes a claim it meets first; a transaction's write
+			// fails then (its plan read the version before the claim).
+			p := s
+			if in.Kind == KindPut {
+				p = s.settled()
+			}
+			_, _, exists := p.visible()
+			if allowed(p) && out.Version == p.n+1 && (out.Status == 201) == !exists &&
 				(out.Marker == "" || out.Marker == in.Marker) {
-				return []State{p.claim(in.Write, in.Marker, false)}
+				return []resState{claim(p)}
 			}
 			return nil
 		case 412:
-			// Either the If-Match did not name current, or it did, the
-			// claim met another one, which the write rolled forward.
-			var next []State
+			// Either the If-Match did not name the visible version, or it
+			// did, the claim met another one, which the write rolled
+			// forward.
+			var next []resState
 			for _, p := range s.before() {
-				if in.IfMatch > 0 && (p.cur == 0 || in.IfMatch != p.cur) {
+				if in.IfMatch > 0 && !p.matches(in.IfMatch) {
 					next = append(next, p)
 				}
 			}
@@ -265,13 +482,20 @@ func step(s State, in Input, out Output) []State {
 		}
 		return nil
 	case KindDelete:
-		nothing := func(p State) bool { return p.cur == 0 || p.top().deleted }
+		nothing := func(p resState) bool {
+			_, top, exists := p.visible()
+			return !exists || top.deleted
+		}
+		tombstone := func(p resState) resState {
+			_, top, _ := p.visible()
+			return p.claim(version{write: in.Write, marker: top.marker, deleted: true})
+		}
 		if out.Unknown {
-			var next []State
+			var next []resState
 			for _, p := range s.before() {
 				next = append(next, p)
 				if !nothing(p) && !p.pending() {
-					next = append(next, p.claim(in.Write, p.top().marker, true))
+					next = append(next, tombstone(p))
 				}
 			}
 			return next
@@ -281,7 +505,7 @@ func step(s State, in Input, out Output) []State {
 			if out.Version == 0 {
 				// Nothing to delete, possibly after completing a claim
 				// (a deletion) the first attempt met.
-				var next []State
+				var next []resState
 				for _, p := range s.before() {
 					if nothing(p) {
 						next = append(next, p)
@@ -290,8 +514,8 @@ func step(s State, in Input, out Output) []State {
 				return next
 			}
 			p := s.settled()
-			if !nothing(p) && out.Version == p.cur+1 {
-				return []State{p.claim(in.Write, p.top().marker, true)}
+			if !nothing(p) && out.Version == p.n+1 {
+				return []resState{tombstone(p)}
 			}
 			return nil
 		case 409:
@@ -299,47 +523,81 @@ func step(s State, in Input, out Output) []State {
 		}
 		return nil
 	case KindComplete:
-		mine := len(s.log) == s.cur+1 && s.log[s.cur].write == in.Write
+		mine := s.n == s.cur+1 && s.log.v.write == in.Write
 		moved := s.rolled()
 		if out.Unknown {
 			if mine {
-				return []State{s, moved}
+				return []resState{s, moved}
 			}
-			return []State{s}
+			return []resState{s}
 		}
 		if mine {
-			return []State{moved}
+			return []resState{moved}
 		}
 		// Someone else already completed it (a roll-forward).
 		v := in.Version
-		return ok(v > 0 && v <= s.cur && s.log[v-1].write == in.Write)
+		return ok(v > 0 && v <= s.cur && s.at(v).write == in.Write)
 	case KindRepair:
-		return []State{s.settled()}
+		return []resState{s.settled()}
 	}
 	return nil
 }
 
+// partition groups the operations by the resources that transactions
+// join: an operation goes with every other operation on its resource, a
+// commit with those on the resources of its entries.
+func partition(history []porcupine.Operation) [][]porcupine.Operation {
+	parent := map[string]string{}
+	var find func(string) string
+	find = func(id string) string {
+		p, ok := parent[id]
+		if !ok {
+			parent[id] = id
+			return id
+		}
+		if p == id {
+			return id
+		}
+		root := find(p)
+		parent[id] = root
+		return root
+	}
+	key := func(in Input) string {
+		if in.Kind == KindTxEnd && len(in.Entries) > 0 {
+			return in.Entries[0].ID
+		}
+		return in.ID
+	}
+	for _, op := range history {
+		in := op.Input.(Input)
+		root := find(key(in))
+		for _, e := range in.Entries {
+			if r := find(e.ID); r != root {
+				parent[r] = root
+			}
+		}
+	}
+	byRoot := map[string]int{}
+	var out [][]porcupine.Operation
+	for _, op := range history {
+		root := find(key(op.Input.(Input)))
+		i, seen := byRoot[root]
+		if !seen {
+			i = len(out)
+			byRoot[root] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], op)
+	}
+	return out
+}
+
 // Model is the porcupine model of a set of versioned resources,
-// partitioned by resource id.
+// partitioned by the transactions that join them.
 func Model() porcupine.Model {
 	nm := porcupine.NondeterministicModel{
-		Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-			byID := map[string][]porcupine.Operation{}
-			var ids []string
-			for _, op := range history {
-				id := op.Input.(Input).ID
-				if _, seen := byID[id]; !seen {
-					ids = append(ids, id)
-				}
-				byID[id] = append(byID[id], op)
-			}
-			out := make([][]porcupine.Operation, 0, len(ids))
-			for _, id := range ids {
-				out = append(out, byID[id])
-			}
-			return out
-		},
-		Init: func() []any { return []any{State{}} },
+		Partition: partition,
+		Init:      func() []any { return []any{State{}} },
 		Step: func(state, input, output any) []any {
 			next := step(state.(State), input.(Input), output.(Output))
 			out := make([]any, len(next))
@@ -349,6 +607,7 @@ func Model() porcupine.Model {
 			return out
 		},
 		Equal: func(a, b any) bool { return equalState(a.(State), b.(State)) },
+		Hash:  func(s any) uint64 { return hashState(s.(State)) },
 		DescribeOperation: func(input, output any) string {
 			return Describe(input.(Input), output.(Output))
 		},
@@ -360,14 +619,29 @@ func Model() porcupine.Model {
 // Describe renders one operation for reports and the visualization.
 func Describe(in Input, out Output) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s", in.ID, in.Kind)
+	if in.Kind == KindTxEnd {
+		fmt.Fprintf(&b, "t%d %s(", in.Tx, in.Kind)
+		for i, e := range in.Entries {
+			if i > 0 {
+				b.WriteString(" ")
+			}
+			fmt.Fprintf(&b, "%s:w%d", e.ID, e.Write)
+		}
+		b.WriteString(")")
+	} else {
+		fmt.Fprintf(&b, "%s %s", in.ID, in.Kind)
+	}
 	switch in.Kind {
 	case KindVRead:
 		fmt.Fprintf(&b, "(v%d)", in.Version)
 	case KindHistory:
 		fmt.Fprintf(&b, "(_count=%d)", in.Count)
-	case KindPut:
-		fmt.Fprintf(&b, "(w%d %s", in.Write, in.Marker)
+	case KindPut, KindTxPut:
+		b.WriteString("(")
+		if in.Kind == KindTxPut {
+			fmt.Fprintf(&b, "t%d ", in.Tx)
+		}
+		fmt.Fprintf(&b, "w%d %s", in.Write, in.Marker)
 		if in.IfMatch > 0 {
 			fmt.Fprintf(&b, ` If-Match W/"%d"`, in.IfMatch)
 		}
@@ -403,22 +677,43 @@ func Describe(in Input, out Output) string {
 	return b.String()
 }
 
-// DescribeState renders a state: the versions, current marked with "*",
-// a claimed version beyond current with "?".
+// DescribeState renders a state: per resource its versions, current
+// marked with "*", a claimed version beyond current with "?", a hidden
+// (transaction, not committed) version with "~".
 func DescribeState(s State) string {
-	if len(s.log) == 0 {
+	if len(s.res) == 0 {
 		return "(none)"
 	}
-	parts := make([]string, len(s.log))
-	for i, v := range s.log {
+	var out []string
+	for _, n := range s.res {
+		out = append(out, n.id+": "+describeRes(n.r))
+	}
+	return strings.Join(out, "; ")
+}
+
+func describeRes(r resState) string {
+	if r.n == 0 {
+		return "(none)"
+	}
+	parts := make([]string, r.n)
+	nd := r.log
+	for v := r.n; v >= 1; v-- {
 		mark := ""
 		switch {
-		case i+1 == s.cur:
+		case v == r.cur:
 			mark = "*"
-		case i+1 > s.cur:
+		case v > r.cur:
 			mark = "?"
 		}
-		parts[i] = fmt.Sprintf("v%d%s:%s(w%d)", i+1, mark, entryText(v.marker, v.deleted), v.write)
+		if nd.v.hidden {
+			mark += "~"
+		}
+		who := fmt.Sprintf("w%d", nd.v.write)
+		if nd.v.tx > 0 {
+			who = fmt.Sprintf("t%d w%d", nd.v.tx, nd.v.write)
+		}
+		parts[v-1] = fmt.Sprintf("v%d%s:%s(%s)", v, mark, entryText(nd.v.marker, nd.v.deleted), who)
+		nd = nd.prev
 	}
 	return strings.Join(parts, " ")
 }
