@@ -59,6 +59,7 @@ var serveSettings = []setting{
 	{flag: "max-bundle-entries", env: "FHIRBUCKET_MAX_BUNDLE_ENTRIES", def: "1000", usage: "most entries of one batch or transaction Bundle; more answers 413"},
 	{flag: "bundle-parallelism", env: "FHIRBUCKET_BUNDLE_PARALLELISM", def: "16", usage: "batch entries, and writes of one transaction phase, processed at a time"},
 	{flag: "tx-lease-ttl", env: "FHIRBUCKET_TX_LEASE_TTL", def: "30s", usage: "lease of an open transaction journal; a journal whose owner stops renewing it is finished by any replica after it"},
+	{flag: "claim-ttl", env: "FHIRBUCKET_CLAIM_TTL", def: "10s", usage: "lease of an identifier claim of a conditional create; a claim whose holder stopped blocks its identifier at most this long"},
 	{flag: "tx-recovery-interval", env: "FHIRBUCKET_TX_RECOVERY_INTERVAL", def: "1m", usage: "how often serve looks for transactions a stopped process left open, and aborts them"},
 }
 

@@ -43,7 +43,7 @@ var layerRules = []layerRule{
 	// The services, each above what it builds on.
 	{pkg: "bundle", allow: append([]string{"index", "journal"}, core...)},
 	{pkg: "bulk/...", allow: append([]string{"bulk", "outcome", "index", "journal"}, core...)},
-	{pkg: "outcome", allow: append([]string{"auth", "bundle"}, core...)},
+	{pkg: "outcome", allow: append([]string{"auth", "bundle", "index"}, core...)},
 	{pkg: "index", allow: core},
 	{pkg: "journal", allow: core},
 	// auth checks tenant names with internal/layout, not with the store.
