@@ -15,6 +15,8 @@ import (
 	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 	"fhirbucket/storage/memstore"
+	"fhirbucket/storage/storagetest"
+	"time"
 )
 
 func TestMain(m *testing.M) { s3test.Main(m) }
@@ -451,5 +453,71 @@ func TestCosts(t *testing.T) {
 	t.Logf("conditional create of a new resource: %+v", got)
 	if got != (storage.Counts{List: 2, Put: 7}) {
 		t.Errorf("conditional create of a new resource: %+v, want 2 LISTs + 7 PUTs", got)
+	}
+}
+
+// TestCrashAtEveryStep fails each storage request of an indexed
+// conditional create in turn (as a crash at that step would leave it):
+// an acknowledged create is always found, a search never returns a
+// resource without the identifier, and after fsck --repair (Verify) a
+// retry of the conditional create leaves exactly one resource.
+func TestCrashAtEveryStep(t *testing.T) {
+	for step := 1; ; step++ {
+		base := memstore.New()
+		f := storagetest.NewFaulty(base)
+		e := newEnv(t, f)
+		e.ix.ttl = 30 * time.Millisecond
+		ctx := t.Context()
+		if _, err := e.store.Create(ctx, tenant, "Patient", patient()); err != nil { // marks the tenant complete
+			t.Fatal(err)
+		}
+		n := 0
+		var mu sync.Mutex
+		nth := func(string) bool { mu.Lock(); defer mu.Unlock(); n++; return n == step }
+		for _, op := range []storage.Op{storage.OpGet, storage.OpPut, storage.OpHead, storage.OpList, storage.OpDelete} {
+			f.Add(storagetest.Fault{Op: op, Match: nth, Err: storage.ErrUnavailable})
+		}
+		c := crit(t, "identifier="+sysA+"|crash")
+		body := patient(Identifier{sysA, "crash"})
+		res, _, err := e.ix.CreateIfNoneExist(ctx, tenant, "Patient", c, body)
+		mu.Lock()
+		fired := n >= step
+		mu.Unlock()
+		f.Reset()
+		if err == nil {
+			if got := e.ids(t, c); !same(got, []string{res.ID}) {
+				t.Fatalf("step %d: acknowledged %s, search finds %v", step, res.ID, got)
+			}
+		}
+		if _, err := e.store.Verify(ctx, tenant, true); err != nil {
+			t.Fatalf("step %d: repair: %v", step, err)
+		}
+		// A later request after the claim expired.
+		time.Sleep(50 * time.Millisecond)
+		again, _, err := e.ix.CreateIfNoneExist(ctx, tenant, "Patient", c, body)
+		if err != nil {
+			t.Fatalf("step %d: retry: %v", step, err)
+		}
+		got := e.ids(t, c)
+		if !same(got, []string{again.ID}) {
+			t.Fatalf("step %d: after the retry search finds %v, want [%s]", step, got, again.ID)
+		}
+		page, err := e.store.List(ctx, tenant, "Patient", fhirstore.ListQuery{Count: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		matching := 0
+		for _, r := range page.Resources {
+			if c.Match(r.Content) {
+				matching++
+			}
+		}
+		if matching != 1 {
+			t.Fatalf("step %d: %d resources carry the identifier, want 1", step, matching)
+		}
+		if !fired {
+			t.Logf("a conditional create makes %d storage requests; each one failed in turn", step-1)
+			return
+		}
 	}
 }
