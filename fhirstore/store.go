@@ -84,6 +84,9 @@ type Config struct {
 	// version it finds current before it fails with ErrTxInProgress.
 	// Default DefaultTxWait; negative: do not wait.
 	TxWait time.Duration
+	// Indexer, when set, names the index objects every version needs
+	// (see Indexer); nil: no secondary index is kept.
+	Indexer Indexer
 }
 
 // Store keeps versioned FHIR resources in object storage. It is safe for
@@ -103,6 +106,7 @@ type Store struct {
 	hooks     Hooks
 	txWait    time.Duration
 	txs       txCache // finished transaction outcomes (tx.go)
+	indexer   Indexer // nil: none
 
 	// windowHint remembers, per tenant and history listing, the window
 	// size that last produced a full page, so that the next first page
@@ -119,7 +123,7 @@ func New(cfg Config) (*Store, error) {
 	s := &Store{
 		mode: cfg.Mode, validator: cfg.Validator, now: cfg.Now, log: cfg.Logger,
 		par: cfg.Parallelism, retries: cfg.WriteRetries, window: cfg.HistoryWindow.Milliseconds(),
-		prefix: strings.Trim(cfg.Prefix, "/"), hooks: cfg.Hooks, txWait: cfg.TxWait,
+		prefix: strings.Trim(cfg.Prefix, "/"), hooks: cfg.Hooks, txWait: cfg.TxWait, indexer: cfg.Indexer,
 	}
 	if s.validator == nil {
 		return nil, errors.New("fhirstore: Config.Validator is required")

@@ -189,7 +189,7 @@ func (s *Store) verifyResource(ctx context.Context, sc scope, typ, id string, ve
 		p := Problem{Kind: ProblemClaimedVersion, Key: layout.VersionKey(typ, id, top),
 			Detail: fmt.Sprintf("version %d is claimed but current.json is at version %d", top, cur.version())}
 		if repair {
-			if err := s.finish(ctx, sc, typ, id, cur, resOf[top], byVersion[top]); err != nil {
+			if err := s.finish(ctx, sc, typ, id, cur, resOf[top], byVersion[top], indexWork{put: s.indexKeys(resOf[top])}); err != nil {
 				p.Detail += "; roll-forward failed: " + err.Error()
 			} else {
 				p.Repaired = true

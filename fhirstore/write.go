@@ -85,6 +85,7 @@ type writeReq struct {
 // conditional (ifMatch, or !anyBase), or retries otherwise.
 func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, error) {
 	typ, id := w.typ, w.id
+	s.prepareIndex(ctx, sc)
 	for attempt := 0; ; attempt++ {
 		cur, assumed := w.known, w.assumed
 		w.known, w.assumed = nil, false
@@ -123,12 +124,25 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 		next.Version = cur.version() + 1
 		data := encodeEnvelope(next)
 
-		// Step 1: claim the version number.
+		// Step 1: claim the version number, and write the version's index
+		// objects in parallel (so it is findable before it is acknowledged;
+		// those of a lost claim are stale, which lookups verify away).
+		keys := s.indexKeys(next)
+		var idxErr error
+		var idxDone sync.WaitGroup
+		if len(keys) > 0 {
+			idxDone.Go(func() { idxErr = s.putIndex(ctx, sc.b, keys) })
+		}
 		_, err = sc.b.Put(ctx, layout.VersionKey(typ, id, next.Version), bytes.NewReader(data),
 			storage.PutOptions{ContentType: contentTypeJSON, IfNoneMatch: "*", Size: int64(len(data))})
+		idxDone.Wait()
 		switch {
 		case err == nil:
-			if err := s.finish(ctx, sc, typ, id, cur, next, data); err != nil {
+			iw := indexWork{del: s.staleKeys(cur, vis, next)}
+			if idxErr != nil {
+				iw.put = keys // once more, with steps 2 and 3
+			}
+			if err := s.finish(ctx, sc, typ, id, cur, next, data, iw); err != nil {
 				return nil, err
 			}
 			return next, nil
@@ -240,11 +254,18 @@ func sleepJitter(ctx context.Context, attempt int) error {
 
 // finish runs steps 2 and 3 for a claimed version next whose envelope bytes
 // are data: it moves current.json from cur to next and writes both events,
-// in parallel. It succeeds when all three are in place, whoever wrote them.
-func (s *Store) finish(ctx context.Context, sc scope, typ, id string, cur *current, next *Resource, data []byte) error {
+// in parallel, with the index work iw. It succeeds when all three (and
+// iw.put) are in place, whoever wrote them.
+func (s *Store) finish(ctx context.Context, sc scope, typ, id string, cur *current, next *Resource, data []byte, iw indexWork) error {
 	ev := encodeEvent(next)
 	var wg sync.WaitGroup
-	var errCur, errType, errSys error
+	var errCur, errType, errSys, errIdx error
+	if len(iw.put) > 0 {
+		wg.Go(func() { errIdx = s.putIndex(ctx, sc.b, iw.put) })
+	}
+	if len(iw.del) > 0 {
+		wg.Go(func() { s.deleteIndex(ctx, sc.b, iw.del) })
+	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -262,7 +283,10 @@ func (s *Store) finish(ctx context.Context, sc scope, typ, id string, cur *curre
 	if errSys == nil {
 		s.noteNewest(sc.tenant+"\x00"+layout.SystemEventsPrefix, next.LastModified.UnixMilli())
 	}
-	if err := errors.Join(errCur, errType, errSys); err != nil {
+	if errIdx != nil {
+		errIdx = fmt.Errorf("writing its index objects (fsck --repair or a reindex completes them): %w", errIdx)
+	}
+	if err := errors.Join(errCur, errType, errSys, errIdx); err != nil {
 		return fmt.Errorf("fhirstore: %s/%s version %d is committed but not complete (the next write or a repair rolls it forward): %w",
 			typ, id, next.Version, err)
 	}
@@ -335,7 +359,10 @@ func (s *Store) rollForward(ctx context.Context, sc scope, typ, id string, cur *
 	if err != nil {
 		return nil, fmt.Errorf("fhirstore: rolling forward %s: %w", layout.VersionKey(typ, id, v), err)
 	}
-	if err := s.finish(ctx, sc, typ, id, cur, res, data); err != nil {
+	// The claimant may have stopped before its index objects were
+	// written: write them again (the same keys, so idempotent).
+	iw := indexWork{put: s.indexKeys(res), del: s.staleKeys(cur, nil, res)}
+	if err := s.finish(ctx, sc, typ, id, cur, res, data, iw); err != nil {
 		return nil, err
 	}
 	s.notifyRollForward()

@@ -17,6 +17,7 @@ import (
 	"fhirbucket/bundle"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/index"
 	"fhirbucket/storage"
 )
 
@@ -63,6 +64,9 @@ var table = []Rule{
 	{bundle.ErrInvalid, http.StatusBadRequest, "invalid", fhir.SeverityError, ""},
 	{bundle.ErrNotSupported, http.StatusNotImplemented, "not-supported", fhir.SeverityError, ""},
 	{bundle.ErrClosed, http.StatusServiceUnavailable, "transient", fhir.SeverityError, "the server is shutting down; retry the transaction"},
+	{index.ErrIncomplete, http.StatusServiceUnavailable, "incomplete", fhir.SeverityError,
+		"the identifier index of this tenant is not known to be complete (it holds data written before the index existed): an operator must run `fhirbucket reindex` for it; nothing was written"},
+	{index.ErrBusy, http.StatusConflict, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrTxInProgress, http.StatusConflict, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrVersionConflict, http.StatusConflict, "conflict", fhir.SeverityError, ""},
 	{fhirstore.ErrPreconditionFailed, http.StatusPreconditionFailed, "conflict", fhir.SeverityError, ""},

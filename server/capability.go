@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"fhirbucket/fhir"
+	"fhirbucket/index"
 )
 
 // capabilityDate is CapabilityStatement.date: the day the statement last
@@ -153,7 +154,7 @@ type capInteraction struct {
 
 type capSearchParam struct {
 	Name          string `json:"name"`
-	Definition    string `json:"definition"`
+	Definition    string `json:"definition,omitempty"`
 	Type          string `json:"type"`
 	Documentation string `json:"documentation"`
 }
@@ -161,9 +162,14 @@ type capSearchParam struct {
 // capabilityInteractions are the capability codes of the route table, in
 // table order: the type-level ones every resource type supports, and the
 // system-level ones.
-func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction) {
+func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction, flags map[string]bool) {
+	flags = map[string]bool{}
 	for _, rt := range s.table {
 		for _, code := range strings.Fields(rt.capability) {
+			if capabilityFlags[code] {
+				flags[code] = true
+				continue
+			}
 			switch systemLevel, ok := capabilityLevels[code]; {
 			case !ok: // an operation (capabilityOperations)
 			case systemLevel:
@@ -173,7 +179,7 @@ func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction) {
 			}
 		}
 	}
-	return typeLevel, system
+	return typeLevel, system, flags
 }
 
 // capabilityStatement builds the statement for the FHIR base base. It
@@ -182,7 +188,7 @@ func (s *Server) capabilityInteractions() (typeLevel, system []capInteraction) {
 // conditional create/update/delete, search by _id (plus _count and
 // _summary=count) only.
 func (s *Server) capabilityStatement(base, tokenURL string) capabilityStatement {
-	ia, system := s.capabilityInteractions()
+	ia, system, flags := s.capabilityInteractions()
 	cs := capabilityStatement{
 		ResourceType:   "CapabilityStatement",
 		ID:             "fhirbucket",
@@ -200,28 +206,46 @@ func (s *Server) capabilityStatement(base, tokenURL string) capabilityStatement 
 		FhirVersion:    fhir.Version,
 		Format:         []string{"json"},
 	}
-	doc := "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
-		"unless Prefer: handling=lenient is sent. Conditional create, update and delete, batch and transaction answer 501."
-	if s.bundles != nil {
+	var doc string
+	switch {
+	case s.index == nil && s.bundles == nil:
+		doc = "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
+			"unless Prefer: handling=lenient is sent. Conditional create, update and delete, batch and transaction answer 501."
+	case s.index == nil:
 		doc = "JSON only. Search supports _id, _count and _summary=count; other search parameters answer 501 " +
 			"unless Prefer: handling=lenient is sent. Conditional create, update and delete answer 501. Transactions are " +
 			"all or nothing (a journal in the bucket, committed by one conditional write); PATCH and conditional entries " +
 			"in Bundles answer 501."
+	default:
+		doc = "JSON only. Search supports _id, _count, _summary=count and, on types with an identifier element, " +
+			"identifier (system|value, |value, value; commas mean OR); other search parameters answer 501 unless " +
+			"Prefer: handling=lenient is sent. Conditional create (If-None-Exist), update and delete accept identifier " +
+			"(and _id) criteria only; of concurrent conditional creates of one identifier exactly one creates."
+		if s.bundles != nil {
+			doc += " Transactions are all or nothing (a journal in the bucket, committed by one conditional write); " +
+				"PATCH entries in Bundles answer 501."
+		} else {
+			doc += " Batch and transaction answer 501."
+		}
 	}
 	rest := capRest{Mode: "server", Documentation: doc, Security: s.security(tokenURL), Interaction: system, Operation: s.capabilityOperations()}
 	if len(rest.Operation) > 0 {
 		cs.Instantiates = []string{bulkDataCapability}
 	}
 	for _, t := range fhir.ResourceTypes() {
-		rest.Resource = append(rest.Resource, capResource{
+		// Conditional interactions and identifier search need the
+		// identifier index, which covers the types with an identifier
+		// element.
+		indexed := s.index != nil && index.HasIdentifier(t)
+		r := capResource{
 			Type:              t,
 			Interaction:       ia,
 			Versioning:        "versioned-update",
 			ReadHistory:       true,
 			UpdateCreate:      true,
-			ConditionalCreate: false,
+			ConditionalCreate: indexed && flags["conditionalCreate"],
 			ConditionalRead:   "full-support",
-			ConditionalUpdate: false,
+			ConditionalUpdate: indexed && flags["conditionalUpdate"],
 			ConditionalDelete: "not-supported",
 			SearchParam: []capSearchParam{{
 				Name:          "_id",
@@ -229,7 +253,19 @@ func (s *Server) capabilityStatement(base, tokenURL string) capabilityStatement 
 				Type:          "token",
 				Documentation: "One id or a comma-separated list of ids.",
 			}},
-		})
+		}
+		if indexed && flags["conditionalDelete"] {
+			r.ConditionalDelete = "single"
+		}
+		if indexed {
+			r.SearchParam = append(r.SearchParam, capSearchParam{
+				Name:          "identifier",
+				Definition:    index.IdentifierParamURL(t),
+				Type:          "token",
+				Documentation: "system|value, |value (no system) or value (any system); comma-separated values mean OR; escape , | $ \\ inside a value with \\. No modifiers.",
+			})
+		}
+		rest.Resource = append(rest.Resource, r)
 	}
 	cs.Rest = []capRest{rest}
 	return cs

@@ -11,6 +11,7 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/index"
 	"fhirbucket/outcome"
 )
 
@@ -124,8 +125,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if r.Header.Get("If-None-Exist") != "" {
-		s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "conditional create (If-None-Exist) is not supported: this server has no search index; nothing was written"))
+	if vals := r.Header.Values("If-None-Exist"); len(vals) > 0 {
+		s.conditionalCreate(w, r, typ, vals)
 		return
 	}
 	body, err := s.readBody(w, r)
@@ -145,6 +146,10 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 	typ, id, err := typeAndID(r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if r.Header.Get("If-None-Exist") != "" {
+		s.writeError(w, r, errIfNoneExistOnPut)
 		return
 	}
 	opts, err := writeOptions(r)
@@ -287,20 +292,112 @@ func (s *Server) searchByPost(w http.ResponseWriter, r *http.Request) {
 	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "search by POST is not supported; use GET /%s?…", typ))
 }
 
-// conditionalWrite answers PUT and DELETE on a type: conditional update and
-// delete need search, which this server does not have.
+var errIfNoneExistOnPut = outcome.Errorf(http.StatusBadRequest, "invalid", "If-None-Exist applies to create (POST) only; for a conditional update use PUT [type]?identifier=…; nothing was written")
+
+// criteria parses the criteria of a conditional interaction: 501 when the
+// server has no index, 400/501 for criteria the index cannot answer.
+func (s *Server) criteria(what, query string) (index.Criteria, error) {
+	if s.index == nil {
+		return index.Criteria{}, outcome.Errorf(http.StatusNotImplemented, "not-supported",
+			"conditional %s is not supported: this server runs without the identifier index; nothing was written", what)
+	}
+	return index.ParseCriteria(query)
+}
+
+// conditionalCreate answers POST with If-None-Exist: 201 when nothing
+// matched and the resource was created, 200 with the one match (nothing
+// written), 412 for several.
+func (s *Server) conditionalCreate(w http.ResponseWriter, r *http.Request, typ string, vals []string) {
+	if len(vals) != 1 {
+		s.writeError(w, r, outcome.Errorf(http.StatusBadRequest, "invalid", "If-None-Exist is given %d times; give it once", len(vals)))
+		return
+	}
+	c, err := s.criteria("create (If-None-Exist)", strings.TrimPrefix(strings.TrimSpace(vals[0]), "?"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, created, err := s.index.CreateIfNoneExist(r.Context(), info(r).tenant, typ, c, body)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	s.writeResult(w, r, status, res, created)
+}
+
+// conditionalWrite answers PUT and DELETE on a type: conditional update
+// and conditional delete (single) by identifier.
 func (s *Server) conditionalWrite(w http.ResponseWriter, r *http.Request) {
 	typ := r.PathValue("type")
 	if err := checkType(typ); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	what := "update"
+	what := "update (PUT [type]?criteria)"
 	if r.Method == http.MethodDelete {
-		what = "delete"
+		what = "delete (DELETE [type]?criteria)"
 	}
-	s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported",
-		"conditional %s (%s /%s?search) is not supported: this server has no search index; address the resource by id (%s /%s/{id}); nothing was written", what, r.Method, typ, r.Method, typ))
+	if r.Header.Get("If-None-Exist") != "" && r.Method == http.MethodPut {
+		s.writeError(w, r, errIfNoneExistOnPut)
+		return
+	}
+	c, err := s.criteria(what, r.URL.RawQuery)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	opts, err := writeOptions(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ri := info(r)
+	if r.Method == http.MethodDelete {
+		res, err := s.index.ConditionalDelete(r.Context(), ri.tenant, typ, c, opts.IfMatch)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if res != nil {
+			w.Header().Set("ETag", res.ETag())
+		}
+		if parsePrefer(r).ret == "OperationOutcome" {
+			msg := fmt.Sprintf("no %s matched; nothing changed", typ)
+			if res != nil {
+				msg = fmt.Sprintf("%s/%s deleted as version %d", typ, res.ID, res.Version)
+			}
+			s.writeJSON(w, http.StatusOK, fhir.OperationOutcome{ResourceType: "OperationOutcome", Issue: []fhir.OutcomeIssue{{
+				Severity: "information", Code: "informational", Diagnostics: msg,
+			}}})
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, created, err := s.index.ConditionalUpdate(r.Context(), ri.tenant, typ, c, body, opts.IfMatch)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	s.writeResult(w, r, status, res, created)
 }
 
 // searchSystem answers GET on the base (search across all types).

@@ -42,6 +42,14 @@ var optionalRoutes = map[string]func(*Server) bool{
 	"POST /{$}": func(s *Server) bool { return s.bundles != nil },
 }
 
+// optionalCodes names the capability codes that need a service the
+// server may be built without; without it the rows do not claim them.
+var optionalCodes = map[string]func(*Server) bool{
+	"conditionalCreate": func(s *Server) bool { return s.index != nil },
+	"conditionalUpdate": func(s *Server) bool { return s.index != nil },
+	"conditionalDelete": func(s *Server) bool { return s.index != nil },
+}
+
 // servedRoutes is the route table as this server serves it.
 func (s *Server) servedRoutes() []route {
 	out := slices.Clone(routeTable)
@@ -49,6 +57,13 @@ func (s *Server) servedRoutes() []route {
 		if has, ok := optionalRoutes[out[i].pattern]; ok && !has(s) {
 			out[i].capability = ""
 		}
+		var codes []string
+		for _, c := range strings.Fields(out[i].capability) {
+			if has, ok := optionalCodes[c]; !ok || has(s) {
+				codes = append(codes, c)
+			}
+		}
+		out[i].capability = strings.Join(codes, " ")
 	}
 	return out
 }
@@ -80,10 +95,11 @@ var routeTable = []route{
 	{"DELETE /{type}/{id}", (*Server).delete, auth.Delete, "delete", "delete"},
 	{"GET /{type}/{id}/_history", (*Server).historyInstance, auth.HistoryInstance, "history-instance", "history-instance"},
 	{"GET /{type}/_history", (*Server).historyType, auth.HistoryType, "history-type", "history-type"},
-	{"POST /{type}", (*Server).create, auth.Create, "create", "create"},
+	// POST answers conditional create too (If-None-Exist).
+	{"POST /{type}", (*Server).create, auth.Create, "create", "create conditionalCreate"},
 	{"GET /{type}", (*Server).searchType, auth.SearchType, "search-type", "search-type"},
-	{"PUT /{type}", (*Server).conditionalWrite, auth.Update, "conditional-update", ""},
-	{"DELETE /{type}", (*Server).conditionalWrite, auth.Delete, "conditional-delete", ""},
+	{"PUT /{type}", (*Server).conditionalWrite, auth.Update, "conditional-update", "conditionalUpdate"},
+	{"DELETE /{type}", (*Server).conditionalWrite, auth.Delete, "conditional-delete", "conditionalDelete"},
 	{"POST /{type}/_search", (*Server).searchByPost, auth.Operation, "search-type", ""},
 	// POST on an instance names an operation ("$name": labelled so by
 	// metricsLabel) or no interaction at all (405).
@@ -96,6 +112,11 @@ const (
 	labelHealth = "health"
 	labelToken  = "token"
 )
+
+// capabilityFlags are the codes of a row that set a flag of every
+// rest.resource (conditionalCreate, conditionalUpdate: true;
+// conditionalDelete: "single") rather than naming an interaction.
+var capabilityFlags = map[string]bool{"conditionalCreate": true, "conditionalUpdate": true, "conditionalDelete": true}
 
 // capabilityLevels are the CapabilityStatement interaction codes of FHIR
 // R4: true for a system-level code (rest.interaction), false for a
@@ -124,7 +145,8 @@ type Route struct {
 	Interaction auth.Interaction
 	// Label is the route's value of the metrics "interaction" label.
 	Label string
-	// Capability is the CapabilityStatement interaction code, or "".
+	// Capability is the CapabilityStatement interaction codes and
+	// resource flags (space-separated), or "".
 	Capability string
 }
 
@@ -154,7 +176,7 @@ func (s *Server) routes() (*http.ServeMux, map[string]*route) {
 		}
 		for _, code := range strings.Fields(rt.capability) {
 			_, op := operationDefinitions[code]
-			if _, ok := capabilityLevels[code]; !ok && !op {
+			if _, ok := capabilityLevels[code]; !ok && !op && !capabilityFlags[code] {
 				panic(fmt.Sprintf("server: route %q: %q is no CapabilityStatement interaction code", rt.pattern, code))
 			}
 		}

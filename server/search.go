@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/base64"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/index"
 	"fhirbucket/outcome"
 )
 
@@ -21,10 +23,11 @@ const MaxCount = 1000
 
 // params are the checked query parameters of a search or history request.
 type params struct {
-	count        int       // 0: the store's default
-	cursor       string    // opaque
-	since        time.Time // history only
-	ids          []string  // search only
+	count        int           // 0: the store's default
+	cursor       string        // opaque
+	since        time.Time     // history only
+	ids          []string      // search only
+	tokens       []index.Token // identifier (search only)
 	summaryCount bool
 	kept         url.Values // what the self link repeats
 }
@@ -43,6 +46,8 @@ var knownParams = map[string]int{
 	"_since":    onHistory,
 	"_id":       onSearch,
 	"_summary":  onSearch,
+	// identifier needs the index: searchType answers 501 without one.
+	"identifier": onSearch,
 }
 
 // parseParams checks the query of a search (kind onSearch) or history
@@ -72,7 +77,7 @@ func parseParams(r *http.Request, kind int) (params, error) {
 			return p, outcome.Errorf(http.StatusNotImplemented, "not-supported",
 				"%s parameter %q is not supported (supported: %s); send Prefer: handling=lenient to have unknown parameters ignored", what, name, supportedList(kind))
 		}
-		if name != "_id" && len(vals) != 1 {
+		if len(vals) != 1 {
 			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "parameter %s is given %d times; give it once", name, len(vals))
 		}
 		p.kept[name] = vals
@@ -108,15 +113,16 @@ func parseParams(r *http.Request, kind int) (params, error) {
 		}
 	}
 	if vals, ok := q["_id"]; ok {
-		if len(vals) != 1 {
-			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "_id is given %d times; give one comma-separated list", len(vals))
+		if p.ids, err = index.ParseIDs(vals[0]); err != nil {
+			return p, err
 		}
-		for id := range strings.SplitSeq(vals[0], ",") {
-			id = strings.TrimSpace(id)
-			if !fhir.ValidID(id) {
-				return p, outcome.Errorf(http.StatusBadRequest, "invalid", "_id value %q is not a valid FHIR id", id)
-			}
-			p.ids = append(p.ids, id)
+	}
+	if vals, ok := q["identifier"]; ok {
+		if len(vals[0]) > index.MaxCriteriaBytes {
+			return p, outcome.Errorf(http.StatusBadRequest, "invalid", "identifier is %d bytes long; at most %d are allowed", len(vals[0]), index.MaxCriteriaBytes)
+		}
+		if p.tokens, err = index.ParseTokens(vals[0]); err != nil {
+			return p, err
 		}
 	}
 	return p, nil
@@ -126,7 +132,7 @@ func supportedList(kind int) string {
 	if kind == onHistory {
 		return "_count, _since, _format"
 	}
-	return "_id, _count, _summary=count, _format"
+	return "_id, identifier, _count, _summary=count, _format"
 }
 
 // links returns the self link and, when next is set, the next link: the
@@ -165,6 +171,10 @@ func (s *Server) searchType(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ri := info(r)
+	if len(p.tokens) > 0 {
+		s.searchIdentifier(w, r, typ, p)
+		return
+	}
 	b := s.newBundle(fhir.BundleSearchset)
 	if p.summaryCount {
 		var n int
@@ -200,6 +210,65 @@ func (s *Server) searchType(w http.ResponseWriter, r *http.Request) {
 		b.Total = &n
 	}
 	b.Link = links(ri.base, "/"+typ, p.kept, page.Next)
+	s.writeJSON(w, http.StatusOK, b)
+}
+
+// identifierCursor prefixes the cursor of an identifier search: the last
+// id of the previous page.
+const identifierCursor = "i1:"
+
+// searchIdentifier answers a search with identifier (and maybe _id): the
+// index's matches in id order, paged by the last id, with the total.
+func (s *Server) searchIdentifier(w http.ResponseWriter, r *http.Request, typ string, p params) {
+	if s.index == nil {
+		s.writeError(w, r, outcome.Errorf(http.StatusNotImplemented, "not-supported", "search parameter identifier is not supported: this server runs without the identifier index"))
+		return
+	}
+	after := ""
+	if p.cursor != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(p.cursor)
+		id, ok := strings.CutPrefix(string(raw), identifierCursor)
+		if err != nil || !ok || !fhir.ValidID(id) {
+			s.writeError(w, r, outcome.Errorf(http.StatusBadRequest, "invalid", "bad %s %q; follow the next link as given", cursorParam, p.cursor))
+			return
+		}
+		after = id
+	}
+	ri := info(r)
+	matches, err := s.index.Search(r.Context(), ri.tenant, typ, index.Criteria{Tokens: p.tokens, IDs: p.ids})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	b := s.newBundle(fhir.BundleSearchset)
+	n := len(matches)
+	b.Total = &n
+	if p.summaryCount {
+		b.Link = links(ri.base, "/"+typ, p.kept, "")
+		s.writeJSON(w, http.StatusOK, b)
+		return
+	}
+	count := p.count
+	if count == 0 {
+		count = fhirstore.DefaultListCount
+	}
+	next, lastID := "", ""
+	for _, res := range matches {
+		if res.ID <= after {
+			continue
+		}
+		if len(b.Entry) == count {
+			next = base64.RawURLEncoding.EncodeToString([]byte(identifierCursor + lastID))
+			break
+		}
+		b.Entry = append(b.Entry, fhir.BundleEntry{
+			FullURL:  ri.base + "/" + res.Type + "/" + res.ID,
+			Resource: res.Content,
+			Search:   &fhir.BundleEntrySearch{Mode: "match"},
+		})
+		lastID = res.ID
+	}
+	b.Link = links(ri.base, "/"+typ, p.kept, next)
 	s.writeJSON(w, http.StatusOK, b)
 }
 

@@ -22,6 +22,7 @@ import (
 	"fhirbucket/auth"
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/index"
 	"fhirbucket/metrics"
 	"fhirbucket/outcome"
 )
@@ -78,6 +79,10 @@ type Config struct {
 	// nil: they answer 501 and the CapabilityStatement does not claim
 	// them.
 	Bundles *BundleConfig
+	// Index answers search by identifier and the conditional interactions
+	// (If-None-Exist, PUT and DELETE [type]?identifier=…). nil: they answer
+	// 501 and the CapabilityStatement does not claim them.
+	Index Index
 	// Auth checks bearer tokens, tenants and scopes (see server/authz.go):
 	// an *auth.Authenticator (auth mode token) or a TokenEndpoint (auth
 	// mode smart). nil: no access control (auth mode none).
@@ -133,6 +138,16 @@ type Server struct {
 	routed map[string]*route // mux pattern -> its row
 
 	bundles *BundleConfig // nil: batch and transaction answer 501 (server/bundle.go)
+	index   Index         // nil: identifier search and conditional interactions answer 501
+}
+
+// Index is the identifier index the server calls; *index.Index satisfies
+// it.
+type Index interface {
+	Search(ctx context.Context, tenant, typ string, c index.Criteria) ([]*fhirstore.Resource, error)
+	CreateIfNoneExist(ctx context.Context, tenant, typ string, c index.Criteria, body []byte) (*fhirstore.Resource, bool, error)
+	ConditionalUpdate(ctx context.Context, tenant, typ string, c index.Criteria, body []byte, ifMatch *fhirstore.Match) (*fhirstore.Resource, bool, error)
+	ConditionalDelete(ctx context.Context, tenant, typ string, c index.Criteria, ifMatch *fhirstore.Match) (*fhirstore.Resource, error)
 }
 
 // New checks cfg and returns the handler. Errors name the Config field at
@@ -151,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 		version: cfg.SoftwareVersion,
 		auth:    cfg.Auth,
 		export:  cfg.Export,
+		index:   cfg.Index,
 	}
 	if cfg.Bundles != nil {
 		b := *cfg.Bundles

@@ -59,6 +59,7 @@ var serveSettings = []setting{
 	{flag: "max-bundle-entries", env: "FHIRBUCKET_MAX_BUNDLE_ENTRIES", def: "1000", usage: "most entries of one batch or transaction Bundle; more answers 413"},
 	{flag: "bundle-parallelism", env: "FHIRBUCKET_BUNDLE_PARALLELISM", def: "16", usage: "batch entries, and writes of one transaction phase, processed at a time"},
 	{flag: "tx-lease-ttl", env: "FHIRBUCKET_TX_LEASE_TTL", def: "30s", usage: "lease of an open transaction journal; a journal whose owner stops renewing it is finished by any replica after it"},
+	{flag: "claim-ttl", env: "FHIRBUCKET_CLAIM_TTL", def: "10s", usage: "lease of an identifier claim of a conditional create; a claim whose holder stopped blocks its identifier at most this long"},
 	{flag: "tx-recovery-interval", env: "FHIRBUCKET_TX_RECOVERY_INTERVAL", def: "1m", usage: "how often serve looks for transactions a stopped process left open, and aborts them"},
 	{flag: "auth-smart-clients", env: "FHIRBUCKET_AUTH_SMART_CLIENTS", usage: "auth smart: JSON file of registered clients: client_id, tenant, scopes, and jwks or jwks_url (see docs/guarantees.md)"},
 	{flag: "auth-smart-signing-key", env: "FHIRBUCKET_AUTH_SMART_SIGNING_KEY", usage: "auth smart: PEM private key (EC P-256/P-384 or RSA) that signs the access tokens; every replica needs the same (default: a key made at start-up, valid at this process only)"},

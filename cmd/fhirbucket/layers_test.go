@@ -43,9 +43,9 @@ var layerRules = []layerRule{
 	// The services, each above what it builds on.
 	{pkg: "bundle", allow: append([]string{"index", "journal"}, core...)},
 	{pkg: "bulk/...", allow: append([]string{"bulk", "outcome", "index", "journal"}, core...)},
-	// outcome maps the sentinels of bundle and bulk (the root package,
-	// which imports no service) as it does those of fhirstore.
-	{pkg: "outcome", allow: append([]string{"auth", "bundle", "bulk"}, core...)},
+	// outcome maps the sentinels of bundle, index and bulk (the root
+	// package, which imports no service) as it does those of fhirstore.
+	{pkg: "outcome", allow: append([]string{"auth", "bundle", "bulk", "index"}, core...)},
 	{pkg: "index", allow: core},
 	{pkg: "journal", allow: core},
 	// auth checks tenant names with internal/layout, not with the store.

@@ -3,6 +3,7 @@
 //
 //	fhirbucket serve     serve the FHIR REST API
 //	fhirbucket fsck      verify (and with --repair, repair) stored data
+//	fhirbucket reindex   build the identifier index for data written before it
 //	fhirbucket version   print the version
 //	fhirbucket bench     measure throughput and S3 requests (docs/performance.md)
 //	fhirbucket load      send Bundle and NDJSON files to a FHIR server
@@ -54,6 +55,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		err = serve(ctx, args[1:], environ, stderr)
 	case "fsck":
 		code, err = fsck(ctx, args[1:], environ, stdout, stderr)
+	case "reindex":
+		code, err = reindexCmd(ctx, args[1:], environ, stdout, stderr)
 	case "version":
 		err = printVersion(args[1:], stdout)
 	case "bench":
@@ -88,6 +91,7 @@ func usage(w io.Writer) {
 commands:
   serve     serve the FHIR R4 REST API
   fsck      verify stored data of one tenant (--tenant) or all; --repair fixes what it can
+  reindex   build the identifier index for data written before it existed (resumable)
   version   print the version
   bench     measure throughput, latency and S3 requests per operation
   load      load Bundle and NDJSON files into a FHIR server (POST to its base)

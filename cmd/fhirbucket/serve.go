@@ -68,6 +68,18 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer) error 
 		return err
 	}
 	cfg.Bundles = bcfg
+	claimTTL, err := v.duration("claim-ttl")
+	if err != nil {
+		return err
+	}
+	if claimTTL < time.Second {
+		return fmt.Errorf("%s must be at least 1s, got %s", v.label("claim-ttl"), claimTTL)
+	}
+	ix, err := be.newIndex(log, claimTTL)
+	if err != nil {
+		return err
+	}
+	cfg.Index = ix
 	rctx, stopRecovery := context.WithCancel(ctx)
 	recoveryDone := make(chan struct{})
 	go func() { defer close(recoveryDone); runRecovery(rctx, be.store, tr, recoverEvery, log) }()

@@ -14,12 +14,19 @@ import (
 
 	"fhirbucket/fhir"
 	"fhirbucket/fhirstore"
+	"fhirbucket/index"
 	"fhirbucket/metrics"
 	"fhirbucket/storage"
 	"fhirbucket/storage/filestore"
 	"fhirbucket/storage/memstore"
 	"fhirbucket/storage/s3store"
 )
+
+// newIndex builds the identifier index over the backend's store; claims
+// last ttl (0: the default).
+func (b *backend) newIndex(log *slog.Logger, ttl time.Duration) (*index.Index, error) {
+	return index.New(index.Config{Store: b.store, Owner: processOwner(), ClaimTTL: ttl, Validator: b.validator, Logger: log})
+}
 
 // backend is the opened storage: the resource store plus a readiness
 // probe for /readyz.
@@ -77,7 +84,8 @@ func openInstrumentedBackend(ctx context.Context, v *values, log *slog.Logger, m
 	if err != nil {
 		return nil, fmt.Errorf("loading the FHIR validator: %w", err)
 	}
-	cfg := fhirstore.Config{Mode: fhirstore.TenancyPrefix, Validator: validator, Logger: log}
+	// Every command that writes maintains the identifier index.
+	cfg := fhirstore.Config{Mode: fhirstore.TenancyPrefix, Validator: validator, Logger: log, Indexer: &index.Keys{}}
 	b := &backend{validator: validator}
 	switch kind {
 	case "memory":
