@@ -224,18 +224,27 @@ func (t *Transactor) Commit(ctx context.Context, tenant string, p *Plan) ([]Writ
 	log := t.cfg.Logger.With("tenant", tenant, "tx", j.TxID)
 
 	if err := t.applyAll(h.Context(), tenant, phasesOf(changes)); err != nil {
-		t.abort(wctx, h, tenant, j, err, log)
+		t.abort(wctx, m, h, tenant, j, err, log)
 		return nil, err
 	}
 	j.Status, j.Finished = string(fhirstore.TxCommitted), t.stamp()
 	state, _ = json.Marshal(j)
 	if _, err := h.Release(wctx, state); err != nil {
-		// The commit record may or may not have landed: read it back.
+		// The commit record may or may not have landed: the journal says.
 		got, rerr := m.Read(wctx, layout.TransactionKey(j.TxID))
-		if rerr != nil || !isStatus(got.State, fhirstore.TxCommitted) {
+		switch {
+		case rerr == nil && isStatus(got.State, fhirstore.TxCommitted):
+			// It landed; only its answer was lost.
+		case rerr == nil && isStatus(got.State, fhirstore.TxOpen):
 			log.Warn("bundle: commit not recorded", "error", err)
-			t.abort(wctx, h, tenant, j, err, log)
+			t.abort(wctx, m, h, tenant, j, err, log)
 			return nil, fmt.Errorf("bundle: committing transaction %s: %w", j.TxID, err)
+		default:
+			// Aborted by a replica that took the lease over, or unknown:
+			// nothing more to do here, and nothing to remember (recovery
+			// and readers go by the journal).
+			log.Warn("bundle: commit outcome unknown", "error", err, "read_back", rerr)
+			return nil, fmt.Errorf("bundle: committing transaction %s: the outcome is unknown: %w", j.TxID, errors.Join(err, rerr))
 		}
 	}
 	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxCommitted, t.finishedAt(j))
@@ -381,17 +390,27 @@ func (t *Transactor) each(ctx context.Context, changes []*change, f func(context
 
 // abort flips the journal to aborted, which hides every version the
 // transaction wrote. When the flip fails the journal stays open and its
-// lease runs out: any replica's Recover then aborts it.
-func (t *Transactor) abort(ctx context.Context, h *lease.Holder, tenant string, j *Journal, cause error, log *slog.Logger) {
+// lease runs out: any replica's Recover then aborts it. The outcome this
+// process remembers is the one the journal says afterwards: a holder that
+// retried after a lost answer cannot tell which of its writes landed.
+func (t *Transactor) abort(ctx context.Context, m *lease.Manager, h *lease.Holder, tenant string, j *Journal, cause error, log *slog.Logger) {
 	j.Status, j.Finished, j.Reason = string(fhirstore.TxAborted), t.stamp(), cause.Error()
 	state, _ := json.Marshal(j)
 	if _, err := h.Release(ctx, state); err != nil {
 		log.Warn("bundle: abort not recorded; the journal is finished by recovery once its lease expires", "error", err)
 		return
 	}
-	t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxAborted, t.finishedAt(j))
-	t.noteFinished(tenant, j.TxID)
-	log.Info("bundle: transaction aborted", "cause", cause)
+	got, err := m.Read(ctx, layout.TransactionKey(j.TxID))
+	if err != nil {
+		log.Warn("bundle: aborted, but the journal could not be read back", "error", err)
+		return
+	}
+	var final Journal
+	if json.Unmarshal(got.State, &final) == nil && final.Status != string(fhirstore.TxOpen) {
+		t.cfg.Store.NoteTx(tenant, j.TxID, fhirstore.TxState(final.Status), t.finishedAt(&final))
+		t.noteFinished(tenant, j.TxID)
+	}
+	log.Info("bundle: transaction aborted", "cause", cause, "journal", final.Status)
 }
 
 func (t *Transactor) results(changes []*change) []Written {
