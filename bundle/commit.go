@@ -117,7 +117,7 @@ type JournalEntry struct {
 	Type    string `json:"type"`
 	ID      string `json:"id"`
 	Base    int    `json:"base"`    // the version replaced (0: none)
-	Version int    `json:"version"` // the version written
+	Version int    `json:"version"` // the version written (planned while open; as written once committed)
 }
 
 // Written is the result of one write entry of a committed transaction.
@@ -226,6 +226,20 @@ func (t *Transactor) Commit(ctx context.Context, tenant string, p *Plan) ([]Writ
 	if err := t.applyAll(h.Context(), tenant, phasesOf(changes)); err != nil {
 		t.abort(wctx, m, h, tenant, j, err, log)
 		return nil, err
+	}
+	// The commit record names the versions written: a version number
+	// held by an aborted transaction's claim is built over, so a version
+	// can be above the planned one.
+	written := map[int]int{}
+	for _, ch := range changes {
+		if ch.res != nil {
+			written[ch.e.Index] = ch.res.Version
+		}
+	}
+	for i := range j.Entries {
+		if v, ok := written[j.Entries[i].Index]; ok {
+			j.Entries[i].Version = v
+		}
 	}
 	j.Status, j.Finished = string(fhirstore.TxCommitted), t.stamp()
 	state, _ = json.Marshal(j)
