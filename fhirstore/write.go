@@ -107,7 +107,13 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 			return nil, preconditionError(typ, id, w.ifMatch, vis)
 		}
 		if !w.anyBase && cur.version() != w.base {
-			return nil, baseError(typ, id, w.base, cur.res, false)
+			if cur.version() < w.base || versionOf(vis) > w.base {
+				return nil, baseError(typ, id, w.base, cur.res, false)
+			}
+			// Every version above base is hidden for good (aborted
+			// transactions; an open one was waited for): what readers see
+			// is what the caller planned on, so build over them.
+			w.base = cur.version()
 		}
 		lastUpdated := truncMS(s.now())
 		if cur.res != nil && lastUpdated.Before(cur.res.LastModified) {
@@ -174,23 +180,15 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 				// re-reading sees the new version.
 				return nil, err
 			}
-			// A version of an aborted transaction took the number: readers
-			// never see it, so it changes nothing the caller planned on.
-			// Build on top of it instead (a version of an open transaction
-			// is waited for by the next attempt).
-			aborted := false
+			// A version of a transaction took the number. Readers do not
+			// see it (yet): it changes nothing the caller was promised, so
+			// the next attempt reads again and decides (it waits for an
+			// open transaction, builds over an aborted one's version, and
+			// fails as below only against a committed one).
 			if claimed != nil && claimed.Version == next.Version && claimed.Tx != "" {
-				st, err := s.txState(ctx, sc, claimed.Tx)
-				if err != nil {
-					return nil, err
-				}
-				aborted = st == TxAborted
+				break
 			}
 			switch {
-			case aborted:
-				if !w.anyBase {
-					w.base = next.Version
-				}
 			case assumed || !w.anyBase:
 				return nil, baseError(typ, id, w.base, nil, true)
 			case w.ifMatch != nil:
@@ -210,6 +208,14 @@ func (s *Store) write(ctx context.Context, sc scope, w writeReq) (*Resource, err
 			return nil, err
 		}
 	}
+}
+
+// versionOf is r's version, 0 for none.
+func versionOf(r *Resource) int {
+	if r == nil {
+		return 0
+	}
+	return r.Version
 }
 
 // baseError reports that the current version of typ/id is not base: cur
