@@ -93,14 +93,7 @@ type reply struct {
 	body   []byte
 }
 
-func headers(lines ...string) http.Header {
-	h := http.Header{}
-	for _, l := range lines {
-		k, v, _ := strings.Cut(l, ":")
-		h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
-	}
-	return h
-}
+func headers(lines ...string) http.Header { return testenv.Headers(lines...) }
 
 // send sends one request; path is below the server root.
 func (l *live) send(method, path, body string, h http.Header) *reply {
@@ -123,16 +116,8 @@ func (l *live) send(method, path, body string, h http.Header) *reply {
 	if h.Get("Host") != "" {
 		req.Host = h.Get("Host")
 	}
-	resp, err := l.client.Do(req)
-	if err != nil {
-		l.t.Fatalf("%s %q: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		l.t.Fatalf("reading %s %q: %v", method, path, err)
-	}
-	return &reply{status: resp.StatusCode, header: resp.Header, body: data}
+	x := testenv.Send(l.t, l.client, req)
+	return &reply{status: x.Status, header: x.Header, body: x.Body}
 }
 
 // outcomeCode returns the first issue code of an OperationOutcome body, or

@@ -70,14 +70,7 @@ type response struct {
 }
 
 // hdr builds headers from "Name: value" strings.
-func hdr(lines ...string) http.Header {
-	h := http.Header{}
-	for _, l := range lines {
-		k, v, _ := strings.Cut(l, ":")
-		h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
-	}
-	return h
-}
+func hdr(lines ...string) http.Header { return testenv.Headers(lines...) }
 
 // jsonCT is the usual request header for bodies.
 var jsonCT = hdr("Content-Type: application/fhir+json")
@@ -100,16 +93,8 @@ func (e *env) do(method, path string, body string, h http.Header) *response {
 	for k, v := range h {
 		req.Header[k] = v
 	}
-	resp, err := e.srv.Client().Do(req)
-	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		e.t.Fatalf("reading %s %s: %v", method, path, err)
-	}
-	return &response{status: resp.StatusCode, header: resp.Header, body: data}
+	x := testenv.Send(e.t, e.srv.Client(), req)
+	return &response{status: x.Status, header: x.Header, body: x.Body}
 }
 
 // mustStatus fails unless r has the status; it prints the body to explain.

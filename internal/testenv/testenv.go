@@ -15,6 +15,7 @@ import (
 	"compress/gzip"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -201,4 +202,37 @@ func ReadGzip(t testing.TB, path string) []byte {
 		t.Fatalf("%s: %v", path, err)
 	}
 	return data
+}
+
+// Headers builds request headers from "Name: value" lines.
+func Headers(lines ...string) http.Header {
+	h := http.Header{}
+	for _, l := range lines {
+		k, v, _ := strings.Cut(l, ":")
+		h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	return h
+}
+
+// Exchange is a finished HTTP exchange.
+type Exchange struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// Send sends req with c and reads the whole answer; a transport error
+// fails t.
+func Send(t testing.TB, c *http.Client, req *http.Request) Exchange {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading %s %s: %v", req.Method, req.URL, err)
+	}
+	return Exchange{Status: resp.StatusCode, Header: resp.Header, Body: data}
 }
