@@ -270,15 +270,15 @@ func (c *client) run(ctx context.Context, maxOps int) {
 			}
 			c.put(ctx, rep, id, v)
 		case x < 90:
-			// Two resources, sometimes three; a quarter of the entries
-			// with an ifMatch on the version last seen.
-			n := 2
-			if c.rng.IntN(3) == 0 {
-				n = 3
-			}
-			n = min(n, len(ids))
+			// Two resources, always the same pair of the epoch's ids (the
+			// first two, or the next two): a transaction joins its
+			// resources into one partition of the check, whose search
+			// grows steeply with its size. A quarter of the entries with
+			// an ifMatch on the version last seen.
+			pair := 2 * c.rng.IntN(max(len(ids)/2, 1))
 			var entries []txEntry
-			for _, i := range c.rng.Perm(len(ids))[:n] {
+			for _, i := range c.rng.Perm(min(2, len(ids))) {
+				i += pair
 				e := txEntry{id: ids[i]}
 				if v := c.seen[e.id]; v > 0 && c.rng.IntN(4) == 0 {
 					e.ifMatch = v
