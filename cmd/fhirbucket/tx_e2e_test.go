@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -196,4 +198,76 @@ func TestE2ETransactionKilled(t *testing.T) {
 		}
 	}
 	reps[1].stop(t)
+}
+
+// TestE2ETransactionKilledRestart: one server on the file backend, killed
+// (SIGKILL) while it applies a transaction, finishes the journal itself
+// once restarted: every touched resource reads all before or all after.
+func TestE2ETransactionKilledRestart(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildBinary(t)
+	env := []string{"FHIRBUCKET_TX_LEASE_TTL=3s", "FHIRBUCKET_TX_RECOVERY_INTERVAL=500ms"}
+	p := startServe(t, bin, dir, env)
+	c := &client{base: p.base, hc: &http.Client{Timeout: time.Minute}}
+	const n = 200
+	var entries []string
+	for i := range n {
+		id := fmt.Sprintf("r%03d", i)
+		if st, _, body, err := c.do("PUT", "/Patient/"+id, []byte(fmt.Sprintf(`{"resourceType":"Patient","id":"%s","name":[{"family":"before"}]}`, id)), "Content-Type: application/fhir+json"); err != nil || st != 201 {
+			t.Fatalf("seed %s: %d %v %s", id, st, err, body)
+		}
+		entries = append(entries, fmt.Sprintf(`{"resource":{"resourceType":"Patient","id":"%s","name":[{"family":"after"}]},"request":{"method":"PUT","url":"Patient/%s"}}`, id, id))
+	}
+	go func() {
+		_, _, _, _ = c.do("POST", "/", []byte(`{"resourceType":"Bundle","type":"transaction","entry":[`+strings.Join(entries, ",")+`]}`), "Content-Type: application/fhir+json")
+	}()
+	journals := filepath.Join(dir, "fhirbucket-data", "default", "transactions")
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if m, _ := filepath.Glob(filepath.Join(journals, "*.json")); len(m) > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	m, _ := filepath.Glob(filepath.Join(journals, "*.json"))
+	if len(m) != 1 {
+		t.Fatalf("journals %v", m)
+	}
+	// Restarted, the server finishes what it left.
+	p = startServe(t, bin, dir, env)
+	c.base = p.base
+	deadline = time.Now().Add(30 * time.Second)
+	var state []byte
+	for time.Now().Before(deadline) {
+		state, _ = os.ReadFile(m[0])
+		if len(state) > 0 && !strings.Contains(string(state), `"status":"open"`) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if strings.Contains(string(state), `"status":"open"`) {
+		t.Fatalf("the journal is still open after the restart: %.300s", state)
+	}
+	before, after := 0, 0
+	for i := range n {
+		_, _, body, err := c.do("GET", fmt.Sprintf("/Patient/r%03d", i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.Contains(string(body), `"before"`):
+			before++
+		case strings.Contains(string(body), `"after"`):
+			after++
+		}
+	}
+	if before != n && after != n {
+		t.Fatalf("a mix after the restart: %d before, %d after", before, after)
+	}
+	t.Logf("journal %s; %d before, %d after", map[bool]string{true: "committed", false: "aborted"}[after == n], before, after)
+	p.stop(t)
 }
