@@ -23,7 +23,8 @@ func smallConfig(t *testing.T) bench.Config {
 		Bucket: memstore.New(), Backend: bench.Backend{Kind: "memory"},
 		Concurrency: []int{1, 4}, CellDuration: 300 * time.Millisecond, MaxOpsPerCell: 40,
 		HistorySizes: []int{3, 120}, HistoryPage: 10, HistoryOnBackendMax: 50,
-		ExamplesDir: testenv.ExamplesDir(),
+		ExamplesDir:     testenv.ExamplesDir(),
+		ExportResources: 300,
 	}
 }
 
@@ -57,6 +58,15 @@ func TestSmallRunIsWellFormed(t *testing.T) {
 	}
 	if back.Settings.Examples == 0 || back.Settings.ExampleMeanSize == 0 {
 		t.Errorf("settings do not describe the examples: %+v", back.Settings)
+	}
+
+	if e := back.Export; e == nil {
+		t.Error("no export cell")
+	} else {
+		finite("export", e.PerSecond, e.RawGetPerS, e.Ratio, e.GetPerResource, e.CallsPerResource, e.PeakRSSMB)
+		if e.Resources != cfg.ExportResources || e.Files == 0 || e.PerSecond <= 0 || e.Ratio <= 0 || e.GetPerResource < 1 {
+			t.Errorf("export cell incomplete: %+v", e)
+		}
 	}
 
 	raw := map[string]bool{}

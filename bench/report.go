@@ -30,6 +30,8 @@ type Report struct {
 	Latency []LatencyRow `json:"latency"`
 	// Transactions are the transaction Bundle cells.
 	Transactions []TxRow `json:"transactions"`
+	// Export is the bulk export cell (nil when not run).
+	Export *ExportRow `json:"export,omitempty"`
 	// StoreCalls and WireRequests are the object-store calls the run made
 	// on the measured backend and the requests its driver sent on the
 	// wire (retries included); both 0 when the driver does not count.
@@ -73,6 +75,8 @@ type Settings struct {
 	// HistoryOnBackendMax is the largest history built on the measured
 	// backend; larger ones are built and measured on the memory backend.
 	HistoryOnBackendMax int `json:"history_on_backend_max"`
+	// ExportResources is the size of the bulk export cell.
+	ExportResources int `json:"export_resources,omitempty"`
 }
 
 // RawRow is one raw baseline cell.
@@ -208,6 +212,15 @@ func (r *Report) Markdown() string {
 		for _, x := range r.Transactions {
 			p("| %s | %d | %d | %s | %s | %.2f | %.2f | %s |\n", x.Kind, x.Concurrency, x.Bundles, f1(x.EntriesPerS), f1(x.CreatesPerS), x.Ratio, x.RequestsPerEntry, f1(x.P50ms))
 		}
+	}
+	if e := r.Export; e != nil {
+		p("\n## Bulk export\n\nA system export of %d resources of %d types into %d files, timed from kick-off to the complete manifest; ratio = resources/s ÷ raw GET/s at the export's concurrency (%d), measured in this run.\n\n",
+			e.Resources, e.Types, e.Files, e.Parallel)
+		p("| resources/s | raw GET/s | ratio | GET/resource | LIST/resource | PUT/resource | calls/resource | wire requests/resource | seconds |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		p("| %s | %s | %.2f | %.4f | %.4f | %.4f | %.4f | %.4f | %s |\n\n", f1(e.PerSecond), f1(e.RawGetPerS), e.Ratio, e.GetPerResource,
+			e.ListPerResource, e.PutPerResource, e.CallsPerResource, e.WirePerResource, f1(e.Seconds))
+		p("Memory of the bench process: VmRSS %.0f MB before the export, peak %.0f MB during it (sampled every 20 ms); VmHWM %.0f MB before, %.0f MB after (peak delta %.0f MB).\n",
+			e.RSSBeforeMB, e.PeakRSSMB, e.HWMBeforeMB, e.HWMAfterMB, e.HWMAfterMB-e.HWMBeforeMB)
 	}
 	p("\n## Object-store requests per operation\n\n| operation | prior events | measured on | GET | PUT | conditional PUT | HEAD | LIST | DELETE | total | ms |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, x := range r.Requests {

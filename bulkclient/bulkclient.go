@@ -44,6 +44,11 @@ type Config struct {
 	URL string
 	// Tenant, when set, is sent as X-Tenant-ID; Token as a bearer token.
 	Tenant, Token string
+	// Tokens, when set, gives the bearer token of each request (SMART
+	// Backend Services: *smartclient.Source); not together with Token. A
+	// 401 answer makes it forget its token (when it has an Invalidate
+	// method) and the request is sent once more with a new one.
+	Tokens clientkit.TokenSource
 	// Level: "system" (default), "patient", or "group" with Group.
 	Level, Group string
 	// Types, Elements: _type and _elements; Since, Until: _since, _until
@@ -131,6 +136,9 @@ func Run(ctx context.Context, cfg Config, stats *Stats) (*Result, error) {
 	}
 	if cfg.HTTP == nil {
 		cfg.HTTP = &http.Client{Timeout: 10 * time.Minute}
+	}
+	if cfg.Token != "" && cfg.Tokens != nil {
+		return nil, fmt.Errorf("bulkclient: Token and Tokens: give one, not both")
 	}
 	if cfg.OnEvent == nil {
 		cfg.OnEvent = func(string) {}
@@ -300,6 +308,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 // do sends a GET, retrying 429, 503 and transport errors (and with
 // whole, reads the body; else the caller reads and closes it).
 func (c *client) do(ctx context.Context, u string, hdr map[string]string, whole bool) (*http.Response, []byte, error) {
+	inv, _ := c.cfg.Tokens.(interface{ Invalidate() })
+	renewed := false
 	for n := 0; ; n++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
@@ -315,11 +325,26 @@ func (c *client) do(ctx context.Context, u string, hdr map[string]string, whole 
 		if c.cfg.Token != "" {
 			req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
 		}
+		if c.cfg.Tokens != nil {
+			tok, err := c.cfg.Tokens.Token(ctx)
+			if err != nil {
+				return nil, nil, fmt.Errorf("getting an access token: %w", err)
+			}
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
 		resp, err := c.cfg.HTTP.Do(req)
 		var wait time.Duration
 		switch {
 		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
+		case err == nil && resp.StatusCode == http.StatusUnauthorized && inv != nil && !renewed:
+			// The token expired or was revoked early: once, a new one.
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			inv.Invalidate()
+			renewed = true
+			n--
+			continue
 		case err != nil:
 			if n >= c.cfg.Retries {
 				return nil, nil, err

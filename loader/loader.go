@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"fhirbucket/internal/clientkit"
 )
 
 // Defaults of the Config fields left zero.
@@ -64,9 +66,7 @@ type Config struct {
 }
 
 // TokenSource hands out bearer tokens, renewing them as they expire.
-type TokenSource interface {
-	Token(ctx context.Context) (string, error)
-}
+type TokenSource = clientkit.TokenSource
 
 // FileResult is the outcome of one file.
 type FileResult struct {

@@ -53,6 +53,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		page      = fs.Int("history-page", bench.DefaultHistoryPage, "history page size (_count)")
 		onBackend = fs.Int("history-on-backend-max", bench.DefaultHistoryOnBackendMax,
 			"largest history built on the backend itself; larger ones are built and counted on memory")
+		exportN  = fs.Int("export-resources", bench.DefaultExportResources, "resources stored and then exported by the bulk export cell (the issue's size is 100000); 0: no export cell")
 		examples = fs.String("examples", bench.DefaultExamplesDir, "folder of FHIR JSON examples used as request bodies")
 		out      = fs.String("out", "bench-report", "report path without extension: writes OUT.md and OUT.json")
 		keep     = fs.Bool("keep", false, "keep the objects the run wrote (s3)")
@@ -80,6 +81,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg := bench.Config{
 		Concurrency: levels, CellDuration: *cell, ObjectBytes: *objBytes, HistorySizes: hist, HistoryPage: *page,
 		HistoryOnBackendMax: *onBackend, ExamplesDir: *examples, Logger: log,
+	}
+	cfg.ExportResources = *exportN
+	if *exportN <= 0 {
+		cfg.ExportResources = -1 // 0 means "default" in bench.Config
 	}
 	if *onBackend == 0 {
 		cfg.HistoryOnBackendMax = -1 // 0 means "default" in bench.Config

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,12 +25,13 @@ the export or a download failed, 2 on bad usage or when interrupted.`
 
 // exportSettings are flags only: export is a client and reads no
 // environment.
-var exportSettings = []setting{
+var exportSettings = slices.Concat([]setting{
 	{flag: "url", def: "http://localhost:8080", usage: "FHIR base URL of the server (with path tenant routing: including the tenant)"},
 	{flag: "out", usage: "folder for the files, the manifest and the job (required; created if missing)"},
 	{flag: "tenant", usage: "tenant, sent as the X-Tenant-ID header"},
 	{flag: "token", usage: "bearer token (other users of the machine can see it in the process list: prefer --token-file)"},
 	{flag: "token-file", usage: "file holding the bearer token"},
+}, backendServicesSettings("system/*.rs", "an export needs read and search on every type it exports"), []setting{
 	{flag: "type", usage: "_type: resource types, comma-separated"},
 	{flag: "since", usage: "_since: only resources changed after this FHIR instant"},
 	{flag: "until", usage: "_until: only resources changed up to this FHIR instant"},
@@ -40,7 +42,7 @@ var exportSettings = []setting{
 	{flag: "retries", def: strconv.Itoa(bulkclient.DefaultRetries), usage: "times a request is sent again after a 429, a 503 or no answer (and a download after a failure); 0: never"},
 	{flag: "timeout", def: "10m", usage: "time allowed for each request, a whole download included"},
 	{flag: "progress", def: "auto", usage: "progress on stderr: always (a bar redrawn in place), never (plain lines), or auto (the bar when stderr is a terminal)"},
-}
+})
 
 // exportCmd runs `fhirbucket export`.
 func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
@@ -170,7 +172,15 @@ func exportClientConfig(v *values) (bulkclient.Config, string, error) {
 	if err != nil {
 		return cfg, "", err
 	}
-	cfg.HTTP = &http.Client{Timeout: timeout}
+	hc, tokens, err := clientAuth(v, cfg.URL, cfg.Tenant)
+	if err != nil {
+		return cfg, "", err
+	}
+	if hc == nil {
+		hc = &http.Client{}
+	}
+	hc.Timeout = timeout
+	cfg.HTTP, cfg.Tokens = hc, tokens
 	mode, err := v.oneOf("progress", "auto", "always", "never")
 	return cfg, mode, err
 }

@@ -2,18 +2,15 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
-	"fhirbucket/auth/smartclient"
 	"fhirbucket/loader"
 )
 
@@ -28,22 +25,18 @@ Exit code 0 when everything loaded, 1 when something failed, 2 on bad usage or
 when interrupted.`
 
 // loadSettings are flags only: load is a client and reads no environment.
-var loadSettings = []setting{
+var loadSettings = slices.Concat([]setting{
 	{flag: "url", def: "http://localhost:8080", usage: "FHIR base URL of the server (with path tenant routing: including the tenant)"},
 	{flag: "tenant", usage: "tenant, sent as the X-Tenant-ID header"},
 	{flag: "token", usage: "bearer token (other users of the machine can see it in the process list: prefer --token-file)"},
 	{flag: "token-file", usage: "file holding the bearer token"},
-	{flag: "client-id", usage: "SMART Backend Services: the registered client id (with --private-key; instead of --token)"},
-	{flag: "private-key", usage: "SMART Backend Services: PEM or JWK private key file that signs the client's assertions"},
-	{flag: "scope", def: "system/*.*", usage: "SMART Backend Services: scopes to ask for (batch and transaction Bundles need system/*.*)"},
-	{flag: "token-url", usage: "SMART Backend Services: the token endpoint (default: from {url}/.well-known/smart-configuration)"},
-	{flag: "ca-cert", usage: "PEM file of CA certificates to trust for https:// URLs, besides the system's"},
+}, backendServicesSettings("system/*.*", "batch and transaction Bundles need system/*.*"), []setting{
 	{flag: "parallel", def: strconv.Itoa(loader.DefaultParallel), usage: "Bundles in flight at once, across all files"},
 	{flag: "batch-size", def: strconv.Itoa(loader.DefaultBatchSize), usage: "NDJSON lines per batch Bundle"},
 	{flag: "timeout", def: loader.DefaultTimeout.String(), usage: "time allowed for each request, its answer included"},
 	{flag: "retries", def: strconv.Itoa(loader.DefaultRetries), usage: "times a request is sent again after a 429, a 503 or no answer; 0: never"},
 	{flag: "progress", def: "auto", usage: "progress on stderr: always (a bar redrawn in place), never (a line per finished file), or auto (the bar when stderr is a terminal)"},
-}
+})
 
 // loadCmd runs `fhirbucket load`.
 func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
@@ -101,16 +94,8 @@ func loadConfig(v *values) (loader.Config, string, error) {
 		return cfg, "", err
 	}
 	cfg.Tenant = v.str("tenant")
-	hc, err := clientHTTP(v)
-	if err != nil {
+	if cfg.Client, cfg.Tokens, err = clientAuth(v, cfg.URL, cfg.Tenant); err != nil {
 		return cfg, "", err
-	}
-	cfg.Client = hc
-	if cfg.Tokens, err = backendServices(v, cfg.URL, cfg.Tenant, hc); err != nil {
-		return cfg, "", err
-	}
-	if cfg.Tokens != nil && (v.given("token") || v.given("token-file")) {
-		return cfg, "", fmt.Errorf("--client-id and --token/--token-file: authenticate one way, not both")
 	}
 	for _, s := range []struct {
 		name string
@@ -140,64 +125,6 @@ func loadConfig(v *values) (loader.Config, string, error) {
 		return cfg, "", fmt.Errorf("--progress: %q is not one of auto, always, never", mode)
 	}
 	return cfg, mode, nil
-}
-
-// clientHTTP is the HTTP client of a CLI: the default transport, trusting
-// --ca-cert's CAs as well as the system's.
-func clientHTTP(v *values) (*http.Client, error) {
-	if !v.given("ca-cert") {
-		return nil, nil
-	}
-	data, err := os.ReadFile(v.str("ca-cert"))
-	if err != nil {
-		return nil, fmt.Errorf("--ca-cert: %w", err)
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("--ca-cert %s: no PEM certificate in it", v.str("ca-cert"))
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return &http.Client{Transport: tr}, nil
-}
-
-// backendServices is the token source of --client-id and --private-key,
-// or nil without them.
-func backendServices(v *values, baseURL, tenant string, hc *http.Client) (loader.TokenSource, error) {
-	id, keyFile := v.given("client-id"), v.given("private-key")
-	switch {
-	case !id && !keyFile:
-		if v.given("token-url") {
-			return nil, fmt.Errorf("--token-url needs --client-id and --private-key")
-		}
-		return nil, nil
-	case !id:
-		return nil, fmt.Errorf("--private-key needs --client-id")
-	case !keyFile:
-		return nil, fmt.Errorf("--client-id needs --private-key")
-	}
-	key, kid, err := smartclient.LoadPrivateKey(v.str("private-key"))
-	if err != nil {
-		return nil, fmt.Errorf("--private-key: %w", err)
-	}
-	h := http.Header{}
-	if tenant != "" {
-		h.Set("X-Tenant-ID", tenant)
-	}
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	src, err := smartclient.New(smartclient.Config{
-		BaseURL: baseURL, TokenURL: v.str("token-url"), Header: h, ClientID: v.str("client-id"),
-		Key: key, KeyID: kid, Scope: v.str("scope"), HTTPClient: hc,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return src, nil
 }
 
 // clientTarget reads the --url, --token and --token-file flags of the

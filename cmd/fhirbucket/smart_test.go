@@ -563,7 +563,7 @@ func TestClientRegister(t *testing.T) {
 }
 
 // TestLoadAuthFlags: --client-id and --private-key go together, not with
-// --token.
+// --token, in load and export alike.
 func TestLoadAuthFlags(t *testing.T) {
 	s := newSmartSetup(t, "acme", "system/*.rs")
 	for _, c := range []struct {
@@ -577,9 +577,14 @@ func TestLoadAuthFlags(t *testing.T) {
 		{[]string{"--token-url", "https://x/auth/token"}, "--client-id"},
 		{[]string{"--ca-cert", s.registry}, "--ca-cert"},
 	} {
-		var errOut bytes.Buffer
-		if code := run(t.Context(), append([]string{"load"}, append(c.args, "x.ndjson")...), nil, io.Discard, &errOut); code != exitError || !strings.Contains(errOut.String(), c.want) {
-			t.Errorf("load %v: exit %d %s, want an error naming %s", c.args, code, errOut.String(), c.want)
+		for _, cmd := range [][]string{
+			append(append([]string{"load"}, c.args...), "x.ndjson"),
+			append(append([]string{"export"}, c.args...), "--out", t.TempDir()),
+		} {
+			var errOut bytes.Buffer
+			if code := run(t.Context(), cmd, nil, io.Discard, &errOut); code != exitError || !strings.Contains(errOut.String(), c.want) {
+				t.Errorf("%v: exit %d %s, want an error naming %s", cmd, code, errOut.String(), c.want)
+			}
 		}
 	}
 }

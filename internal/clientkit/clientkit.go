@@ -1,10 +1,11 @@
 // Package clientkit is what the command-line HTTP clients of fhirbucket
-// (load, export) share: waits between retries (capped exponential
+// (load, export) share: the bearer tokens' source, waits between retries (capped exponential
 // backoff with jitter, Retry-After) and a status line redrawn in place on
 // a terminal.
 package clientkit
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,6 +15,12 @@ import (
 	"sync"
 	"time"
 )
+
+// TokenSource hands out bearer tokens, renewing them as they expire
+// (SMART Backend Services: *smartclient.Source).
+type TokenSource interface {
+	Token(ctx context.Context) (string, error)
+}
 
 // MaxRetryAfter caps the wait a Retry-After header can impose.
 const MaxRetryAfter = 10 * time.Minute
