@@ -211,6 +211,10 @@ func entryRequest(parent *http.Request, e *bundle.Entry, prefer []string) *http.
 	sub.Header.Set("Accept", fhirJSON)
 	if len(prefer) > 0 {
 		sub.Header["Prefer"] = prefer
+	} else if e.Interaction == bundle.ConditionalUpdate {
+		// The entry names the resource the criteria matched: only the
+		// body says which (entryResult drops it again).
+		sub.Header.Set("Prefer", "return=representation")
 	} else if method == http.MethodPost || method == http.MethodPut {
 		sub.Header.Set("Prefer", "return=minimal")
 	}
@@ -280,6 +284,16 @@ func (s *Server) entryResult(parent *http.Request, e *bundle.Entry, prefer []str
 		// single interaction sends no Location (an update, a delete).
 		if v, ok := strings.CutPrefix(be.Response.Etag, `W/"`); ok && strings.HasSuffix(v, `"`) {
 			be.Response.Location = e.Type + "/" + e.ID + "/_history/" + strings.TrimSuffix(v, `"`)
+		}
+	}
+	if e.Interaction == bundle.ConditionalUpdate && rec.code < 300 {
+		if v, ok := strings.CutPrefix(be.Response.Etag, `W/"`); ok && be.Response.Location == "" && be.Resource != nil {
+			if _, id, err := fhir.Peek(be.Resource); err == nil && id != "" {
+				be.Response.Location = e.Type + "/" + id + "/_history/" + strings.TrimSuffix(v, `"`)
+			}
+		}
+		if len(prefer) == 0 {
+			be.Resource = nil // asked for by entryRequest, not by the client
 		}
 	}
 	return be

@@ -292,6 +292,9 @@ func TestBatchConditional(t *testing.T) {
 	if got := br.Entry[1].Response.Status; got != "200 OK" {
 		t.Errorf("conditional PUT again: %s", got)
 	}
+	if loc := br.Entry[1].Response.Location; !strings.HasPrefix(loc, "Patient/") || !strings.HasSuffix(loc, "/_history/2") || br.Entry[1].Resource != nil {
+		t.Errorf("conditional PUT again: location %q, resource %s (want the updated version's location, no resource)", loc, br.Entry[1].Resource)
+	}
 	for _, v := range []string{"b1", "b2"} {
 		if n := e.countMatches(t, "Patient", "http://example.org/mrn|"+v); n != 1 {
 			t.Errorf("%d Patients %s, want 1", n, v)

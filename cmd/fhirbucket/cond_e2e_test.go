@@ -3,9 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"sync"
 	"syscall"
 	"testing"
@@ -79,10 +79,12 @@ func checkRound(t *testing.T, c *client, round string, ident string, status []in
 // TestE2EConditionalCreateRace: 32 concurrent conditional creates of one
 // identifier through 3 `fhirbucket serve` processes on one MinIO bucket,
 // 20 rounds: exactly one resource per round, every answer 200/201 naming
-// it. Then 5 rounds in which replica 0 is killed (SIGKILL) a few
-// milliseconds into the round and restarted after it: the answers that
+// it. Then 5 rounds in which replica 0 gets its third of the requests a
+// few milliseconds ahead of the others, is killed (SIGKILL) as they start
+// and is restarted after the round: the answers that
 // came still name the one resource, and a conditional create after the
-// round (once the killed holder's claim expired) finds it too.
+// round (once the killed holder's claim expired) finds it too. fsck
+// --repair then leaves nothing for fsck to find.
 func TestE2EConditionalCreateRace(t *testing.T) {
 	srv := s3test.MinIO(t)
 	_, bucket := srv.NewBucket(t)
@@ -104,21 +106,25 @@ func TestE2EConditionalCreateRace(t *testing.T) {
 	t.Logf("20 rounds of %d: %v", n, time.Since(start))
 
 	start = time.Now()
-	for r := range 5 {
+	takeovers := 0
+	for r, d := range []int{10, 20, 30, 45, 60} {
 		ident := fmt.Sprintf("kill-%d", r)
-		var status []int
-		var ids []string
-		done := make(chan struct{})
-		go func() {
-			status, ids = condRound(bases(), n, ident)
-			close(done)
-		}()
-		time.Sleep(time.Duration(2+rand.IntN(20)) * time.Millisecond)
+		// Replica 0 gets its requests d ms ahead of the others and is
+		// killed as the others start: it may hold the claim by then.
+		var st0, st12 []int
+		var ids0, ids12 []string
+		var wg sync.WaitGroup
+		roundStart := time.Now()
+		wg.Go(func() { st0, ids0 = condRound([]string{reps[0].base}, n/3, ident) })
+		time.Sleep(time.Duration(d) * time.Millisecond)
+		wg.Go(func() { st12, ids12 = condRound([]string{reps[1].base, reps[2].base}, n-n/3, ident) })
 		if err := reps[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		<-reps[0].done
-		<-done
+		wg.Wait()
+		took := time.Since(roundStart)
+		status, ids := append(st0, st12...), append(ids0, ids12...)
 		// After the round (its claim may be held by the killed replica
 		// until it expires), one more conditional create names the same
 		// resource, through a survivor.
@@ -130,11 +136,26 @@ func TestE2EConditionalCreateRace(t *testing.T) {
 				answered++
 			}
 		}
-		t.Logf("kill round %d: %d of %d requests answered", r, answered, n)
+		if took > 2*time.Second {
+			takeovers++ // the survivors waited for the killed holder's claim to expire
+		}
+		t.Logf("kill round %d (head start %d ms): %d of %d requests answered in %v", r, d, answered, n, took.Round(time.Millisecond))
 		reps[0] = startServe(t, bin, t.TempDir(), env)
 	}
+	t.Logf("%d of 5 kill rounds waited for a killed holder's claim to expire", takeovers)
 	t.Logf("5 kill rounds: %v", time.Since(start))
 	for _, p := range reps {
 		p.stop(t)
+	}
+	// What the killed replicas left, fsck --repair finishes; then fsck
+	// finds nothing.
+	for _, args := range [][]string{{"fsck", "--repair"}, {"fsck"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = childEnv(env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v: %s", args, err, tail(string(out), 2000))
+		}
+		t.Logf("%v: %s", args, tail(string(out), 300))
 	}
 }
