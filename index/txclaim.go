@@ -32,7 +32,7 @@ type CreateClaim struct {
 
 // ClaimResult is the outcome of one CreateClaim.
 type ClaimResult struct {
-	// Matches are the resources the criteria match; nil: none, and the
+	// Matches are the resources the criteria match; empty: none, and the
 	// claims are held.
 	Matches []*fhirstore.Resource
 	// ID is the id to create when nothing matches: CreateClaim.ID, or the
