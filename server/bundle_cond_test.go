@@ -352,3 +352,60 @@ func TestTransactionConditionalCreateRace(t *testing.T) {
 		}
 	})
 }
+
+// TestTransactionConditionalPutReferences: references to the fullUrl of
+// a conditional PUT name the resource it resolved to — the match, or the
+// body's id when it creates.
+func TestTransactionConditionalPutReferences(t *testing.T) {
+	e := newCondBundleEnv(t, nil)
+	mustStatus(t, "seed", e.do("PUT", "/Patient/known", identifiedPatient("known", "http://example.org/mrn|r1"), jsonCT), 201)
+	const u1, u2 = "urn:uuid:6f0e3d5e-0000-4000-8000-000000000031", "urn:uuid:6f0e3d5e-0000-4000-8000-000000000032"
+	tx := bundleJSON("transaction",
+		entryJSON(u1, identifiedPatient("", "http://example.org/mrn|r1"), "PUT", "Patient?identifier=http://example.org/mrn|r1", ""),
+		entryJSON(u2, identifiedPatient("chosen", "http://example.org/mrn|r2"), "PUT", "Patient?identifier=http://example.org/mrn|r2", ""),
+		entryJSON("", encounter(u1, "Practitioner/x"), "POST", "Encounter", ""),
+		entryJSON("", encounter(u2, "Practitioner/x"), "POST", "Encounter", ""),
+	)
+	r, br := e.postBundle(tx)
+	mustStatus(t, "transaction", r, 200)
+	if s, loc := br.Entry[0].Response.Status, br.Entry[0].Response.Location; s != "200 OK" || locID(t, loc) != "known" {
+		t.Errorf("conditional PUT with a match: %s at %s, want 200 at Patient/known", s, loc)
+	}
+	if s, loc := br.Entry[1].Response.Status, br.Entry[1].Response.Location; s != "201 Created" || locID(t, loc) != "chosen" {
+		t.Errorf("conditional PUT creating with its body id: %s at %s, want 201 at Patient/chosen", s, loc)
+	}
+	for i, want := range []string{"Patient/known", "Patient/chosen"} {
+		if subject, _ := e.encounterRefs(t, locID(t, br.Entry[2+i].Response.Location)); subject != want {
+			t.Errorf("Encounter %d refers to %s, want %s", i, subject, want)
+		}
+	}
+}
+
+// TestBundleConditionalWithoutIndex: a server without the identifier
+// index answers conditional batch entries 501 each, and fails a
+// transaction with one 501 naming the entry, writing nothing.
+func TestBundleConditionalWithoutIndex(t *testing.T) {
+	e := newBundleEnv(t, nil)
+	entries := []string{
+		entryJSON("", identifiedPatient("", "http://example.org/mrn|n1"), "POST", "Patient", `"ifNoneExist":"identifier=http://example.org/mrn|n1"`),
+		entryJSON("", identifiedPatient("", "http://example.org/mrn|n2"), "PUT", "Patient?identifier=http://example.org/mrn|n2", ""),
+		entryJSON("", "", "DELETE", "Patient?identifier=http://example.org/mrn|n3", ""),
+		entryJSON("", encounter("Patient?identifier=http://example.org/mrn|n4", "Practitioner/x"), "POST", "Encounter", ""),
+	}
+	before := bucketState(t, e.bucket)
+	r, br := e.postBundle(bundleJSON("batch", entries...))
+	mustStatus(t, "batch", r, 200)
+	for i, be := range br.Entry {
+		if be.Response.Status != "501 Not Implemented" {
+			t.Errorf("entry %d: %s, want 501", i, be.Response.Status)
+		}
+	}
+	r = e.do("POST", "/", bundleJSON("transaction", entries[1:]...), jsonCT)
+	mustStatus(t, "transaction", r, 501)
+	if !strings.Contains(string(r.body), "entry[0]") {
+		t.Errorf("the outcome does not name the entry: %s", r.body)
+	}
+	if after := bucketState(t, e.bucket); !maps.Equal(before, after) {
+		t.Errorf("the bucket changed")
+	}
+}
