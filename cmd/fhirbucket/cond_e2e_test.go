@@ -6,12 +6,15 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"fhirbucket/internal/layout"
 	"fhirbucket/internal/s3test"
+	"fhirbucket/storage"
 )
 
 // condRound sends n concurrent conditional creates of one identifier,
@@ -158,4 +161,54 @@ func TestE2EConditionalCreateRace(t *testing.T) {
 		}
 		t.Logf("%v: %s", args, tail(string(out), 300))
 	}
+}
+
+// TestE2EConditionalTransactionKilled: a transaction whose ifNoneExist
+// holds the identifier's claim is killed (SIGKILL) once its journal
+// exists; conditional creates of that identifier through the other
+// replicas then answer 200/201 naming one resource, and exactly one
+// resource carries the identifier, whether the journal ends committed or
+// aborted.
+func TestE2EConditionalTransactionKilled(t *testing.T) {
+	srv := s3test.MinIO(t)
+	cl, bucket := srv.NewBucket(t)
+	b := cl.Bucket(bucket)
+	env := append(srv.Env(bucket), "FHIRBUCKET_BACKEND=s3", "FHIRBUCKET_CLAIM_TTL=2s",
+		"FHIRBUCKET_TX_LEASE_TTL=3s", "FHIRBUCKET_TX_RECOVERY_INTERVAL=500ms")
+	bin := buildBinary(t)
+	var reps []*proc
+	for range 3 {
+		reps = append(reps, startServe(t, bin, t.TempDir(), env))
+	}
+	const ident = "killed-tx"
+	entries := []string{fmt.Sprintf(`{"fullUrl":"urn:uuid:6f0e3d5e-0000-4000-8000-000000000099","resource":{"resourceType":"Patient","identifier":[{"system":"http://example.org/mrn","value":%q}]},"request":{"method":"POST","url":"Patient","ifNoneExist":"identifier=http://example.org/mrn|%s"}}`, ident, ident)}
+	for i := range 300 {
+		entries = append(entries, fmt.Sprintf(`{"resource":{"resourceType":"Patient","id":"q%03d"},"request":{"method":"PUT","url":"Patient/q%03d"}}`, i, i))
+	}
+	tx := []byte(`{"resourceType":"Bundle","type":"transaction","entry":[` + strings.Join(entries, ",") + `]}`)
+	victim := &client{base: reps[0].base, hc: &http.Client{Timeout: time.Minute}}
+	go func() { _, _, _, _ = victim.do("POST", "/", tx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	found := false
+	for !found && time.Now().Before(deadline) {
+		for _, err := range storage.Walk(t.Context(), b, storage.ListOptions{Prefix: "default/" + layout.TransactionsPrefix}) {
+			if err == nil {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no journal appeared")
+	}
+	if err := reps[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-reps[0].done
+	start := time.Now()
+	status, ids := condRound([]string{reps[1].base, reps[2].base}, 16, ident)
+	c := &client{base: reps[1].base, hc: &http.Client{Timeout: time.Minute}}
+	checkRound(t, c, "after the kill", ident, status, ids, false)
+	t.Logf("16 conditional creates after the kill answered in %v: %v", time.Since(start).Round(time.Millisecond), status)
+	reps[1].stop(t)
+	reps[2].stop(t)
 }
