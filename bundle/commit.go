@@ -269,6 +269,14 @@ func (t *Transactor) Commit(ctx context.Context, tenant string, p *Plan) ([]Writ
 // newChange turns a write entry into a change (Base is set by readHeads).
 func newChange(e *Entry) (*change, error) {
 	ch := &change{e: e, c: fhirstore.Change{Type: e.Type, ID: e.ID, Content: e.Resource, Validated: true}}
+	if e.NoOp {
+		// A resolved conditional entry that writes nothing.
+		ch.noop, ch.res = true, e.Existing
+		return ch, nil
+	}
+	if e.Interaction == ConditionalUpdate || e.Interaction == ConditionalDelete || e.IfNoneExist != "" || len(e.CondRefs) > 0 {
+		return nil, &EntryError{Index: e.Index, FullURL: e.FullURL, Err: fmt.Errorf("%w: conditional %s: resolve the plan's conditional entries before Commit", ErrNotSupported, e.Method)}
+	}
 	switch e.Method {
 	case "POST":
 		ch.c.Method = fhirstore.MethodPost
@@ -293,7 +301,7 @@ func newChange(e *Entry) (*change, error) {
 // parallel and checks their ifMatch; POSTs have fresh ids (base 0).
 func (t *Transactor) readHeads(ctx context.Context, tenant string, changes []*change) error {
 	return t.each(ctx, changes, func(ctx context.Context, ch *change) error {
-		if ch.c.Method == fhirstore.MethodPost {
+		if ch.c.Method == fhirstore.MethodPost || ch.noop {
 			return nil
 		}
 		h, err := t.cfg.Store.Head(ctx, tenant, ch.c.Type, ch.c.ID)

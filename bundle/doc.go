@@ -17,10 +17,13 @@
 // metadata and ?query (GET or HEAD), each with an optional query for GET
 // and HEAD. An unknown type, a bad id or version id, "..", an empty or
 // extra segment, a fragment, or a query on POST, on PUT Type/id or on
-// DELETE Type/id is invalid. Operations ($name), _search, conditional
-// update and delete (PUT or DELETE Type?query), ifNoneExist and
-// conditional references ("Patient?identifier=…" in a resource) are
-// ErrNotSupported: they need search. ifMatch is for PUT and DELETE,
+// DELETE Type/id is invalid. Operations ($name) and _search are
+// ErrNotSupported. Conditional update and delete (PUT or DELETE
+// Type?query, Interaction ConditionalUpdate and ConditionalDelete),
+// ifNoneExist (POST only) and conditional references ("Patient?identifier=…"
+// in a resource, Entry.CondRefs) pass the plan unresolved: they need
+// search, which is the caller's (see conditional.go); Commit refuses them
+// until they are resolved. ifMatch is for PUT and DELETE,
 // ifNoneMatch and ifModifiedSince for GET and HEAD; ifModifiedSince must
 // be a FHIR instant. POST and PUT need a resource of the URL's type, and a
 // PUT's resource must carry the URL's id. A fullUrl must be absolute and

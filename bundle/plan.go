@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
 	"fhirbucket/fhir"
+	"fhirbucket/fhirstore"
 )
 
 // DefaultMaxEntries is the default of Options.MaxEntries. A Synthea
@@ -116,11 +118,31 @@ type Entry struct {
 	// meta.versionId and meta.lastUpdated are left as sent: the store
 	// sets them when it writes.
 	Resource json.RawMessage
+	// IfNoneExist is request.ifNoneExist of a POST (conditional create):
+	// the criteria as sent, without a leading "?"; "" when absent.
+	IfNoneExist string
+	// CondRefs are the conditional references ("reference":
+	// "Type?criteria") of Resource, each once, in order of appearance.
+	CondRefs []CondRef
+	// NoOp marks a write entry that a transaction's resolution found to
+	// need no write (ResolveConditional): an ifNoneExist that matched
+	// Existing, or a conditional DELETE that matched nothing.
+	NoOp bool
+	// Existing is the resource a NoOp conditional create matched.
+	Existing *fhirstore.Resource
 	// Err, in a batch, is why this entry cannot be processed: an
 	// *EntryError wrapping ErrInvalid, ErrNotSupported or
 	// fhir.ErrTooLarge. It is always nil in a transaction plan (the first
 	// error fails the plan instead).
 	Err error
+}
+
+// CondRef is a conditional reference of an entry's resource.
+type CondRef struct {
+	// Ref is the reference as it stands in the resource.
+	Ref string
+	// Type and Query are what it names: Type?Query, relative to the base.
+	Type, Query string
 }
 
 // Phase returns the processing phase of the entry's method.
@@ -213,7 +235,8 @@ func NewPlan(data []byte, opts Options) (*Plan, error) {
 				err = invalidf("fullUrl %q is also the fullUrl of Bundle.entry[%d]", e.FullURL, j)
 			}
 		}
-		if err == nil && p.transaction && e.Phase() != PhaseRead {
+		if err == nil && p.transaction && e.Phase() != PhaseRead && e.Interaction != ConditionalUpdate && e.Interaction != ConditionalDelete {
+			// Conditional entries are checked once they are resolved.
 			ref := e.Reference()
 			if j, dup := changes[ref]; dup {
 				err = invalidf("Bundle.entry[%d] also changes %s; a transaction may change a resource once", j, ref)
@@ -317,14 +340,20 @@ func (p *planner) parseEntry(i int, raw []byte) (*Entry, []byte, error) {
 		return e, nil, invalidf("request is missing")
 	}
 	e.Method = r.Method
-	if r.IfNoneExist != "" {
-		return e, nil, notSupportedf("request.ifNoneExist (conditional create) is not supported")
-	}
 	t, err := p.parseRequest(r.Method, r.URL)
 	if err != nil {
 		return e, nil, err
 	}
 	e.Interaction, e.Type, e.ID, e.VersionID, e.Query = t.interaction, t.typ, t.id, t.version, t.query
+	if r.IfNoneExist != "" {
+		if e.Method != "POST" {
+			return e, nil, invalidf("request.ifNoneExist applies to POST (conditional create), not %s", e.Method)
+		}
+		e.IfNoneExist = strings.TrimPrefix(strings.TrimSpace(r.IfNoneExist), "?")
+		if e.IfNoneExist == "" {
+			return e, nil, invalidf("request.ifNoneExist has no criteria")
+		}
+	}
 	read := e.Method == "GET" || e.Method == "HEAD"
 	if r.IfMatch != "" {
 		if e.Method != "PUT" && e.Method != "DELETE" {
@@ -370,14 +399,20 @@ func (p *planner) parseEntry(i int, raw []byte) (*Entry, []byte, error) {
 	if rt != e.Type {
 		return e, nil, invalidf("resource.resourceType %q does not match the type %q of request.url", rt, e.Type)
 	}
-	if e.Method == "PUT" {
+	switch {
+	case e.Interaction == ConditionalUpdate:
+		// The criteria name the resource; the id is settled when they
+		// are resolved (a body id must then match). References to the
+		// entry's fullUrl name a placeholder id until then.
+		e.ID = newID()
+	case e.Method == "PUT":
 		if id == "" {
 			return e, nil, invalidf("the resource has no id; a PUT to %s must carry id %q", e.Reference(), e.ID)
 		}
 		if id != e.ID {
 			return e, nil, invalidf("resource.id %q does not match the id %q of request.url", id, e.ID)
 		}
-	} else {
+	default:
 		e.ID = newID()
 	}
 	return e, res, nil
@@ -408,7 +443,7 @@ func (p *planner) checkFullURLTarget(e *Entry) error {
 		return nil
 	}
 	typ, id, _ := strings.Cut(rel, "/")
-	if typ != e.Type || e.Method == "PUT" && id != e.ID {
+	if typ != e.Type || e.Interaction == Update && id != e.ID {
 		return invalidf("fullUrl %q is on this server but names another resource than request.url", e.FullURL)
 	}
 	return nil
@@ -468,8 +503,10 @@ func (s *entrySub) conditional(ref string) error {
 			return nil
 		}
 	}
-	if typ, _, found := strings.Cut(r, "?"); found && fhir.IsResourceType(typ) {
-		return notSupportedf("conditional reference %q is not supported", ref)
+	if typ, q, found := strings.Cut(strings.TrimPrefix(r, "/"), "?"); found && fhir.IsResourceType(typ) {
+		if !slices.ContainsFunc(s.e.CondRefs, func(c CondRef) bool { return c.Ref == ref }) {
+			s.e.CondRefs = append(s.e.CondRefs, CondRef{Ref: ref, Type: typ, Query: q})
+		}
 	}
 	return nil
 }

@@ -134,11 +134,8 @@ var entryCases = []struct {
 	{name: "POST metadata", entries: []string{okEntry, `{"resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"metadata"}}`}, index: 1, want: ErrInvalid},
 	{name: "query on POST", entries: []string{okEntry, `{"resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient?name=x"}}`}, index: 1, want: ErrInvalid},
 	{name: "query on PUT with id", entries: []string{okEntry, `{"resource":{"resourceType":"Patient","id":"1"},"request":{"method":"PUT","url":"Patient/1?name=x"}}`}, index: 1, want: ErrInvalid},
-	{name: "ifNoneExist", entries: []string{okEntry, `{"fullUrl":"urn:uuid:3","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient","ifNoneExist":"identifier=a|b"}}`}, index: 1, want: ErrNotSupported, fullURL: "urn:uuid:3"},
-	{name: "conditional PUT", entries: []string{okEntry, `{"resource":{"resourceType":"Patient"},"request":{"method":"PUT","url":"Patient?identifier=a|b"}}`}, index: 1, want: ErrNotSupported},
-	{name: "conditional DELETE", entries: []string{okEntry, `{"request":{"method":"DELETE","url":"Patient?identifier=a|b"}}`}, index: 1, want: ErrNotSupported},
-	{name: "conditional reference", entries: []string{okEntry, `{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"performer":[{"reference":"Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999"}]},"request":{"method":"POST","url":"Observation"}}`}, index: 1, want: ErrNotSupported},
-	{name: "absolute conditional reference", entries: []string{okEntry, `{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"http://localhost:8080/fhir/Patient?identifier=a|b"}},"request":{"method":"POST","url":"Observation"}}`}, index: 1, want: ErrNotSupported},
+	{name: "ifNoneExist on PUT", entries: []string{okEntry, `{"resource":{"resourceType":"Patient","id":"1"},"request":{"method":"PUT","url":"Patient/1","ifNoneExist":"identifier=a|b"}}`}, index: 1, want: ErrInvalid},
+	{name: "ifNoneExist blank", entries: []string{okEntry, `{"resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient","ifNoneExist":" ?"}}`}, index: 1, want: ErrInvalid},
 	{name: "operation", entries: []string{okEntry, `{"request":{"method":"GET","url":"Patient/1/$everything"}}`}, index: 1, want: ErrNotSupported},
 	{name: "system operation", entries: []string{okEntry, `{"request":{"method":"POST","url":"$export"}}`}, index: 1, want: ErrNotSupported},
 	{name: "_search", entries: []string{okEntry, `{"request":{"method":"POST","url":"Patient/_search"}}`}, index: 1, want: ErrNotSupported},
@@ -410,5 +407,53 @@ func TestNewID(t *testing.T) {
 			t.Fatalf("newID() = %q (seen before: %v)", id, seen[id])
 		}
 		seen[id] = true
+	}
+}
+
+// TestPlanConditional: conditional entries pass the plan, carrying their
+// criteria and conditional references for the caller to resolve; the
+// conditional PUT gets a placeholder id that references to its fullUrl
+// name.
+func TestPlanConditional(t *testing.T) {
+	opts := testOptions(t)
+	for _, typ := range []string{"batch", "transaction"} {
+		p, err := NewPlan(bundleOf(typ,
+			`{"fullUrl":"urn:uuid:00000000-0000-4000-8000-000000000003","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient","ifNoneExist":"?identifier=a|b"}}`,
+			`{"fullUrl":"urn:uuid:00000000-0000-4000-8000-000000000004","resource":{"resourceType":"Patient"},"request":{"method":"PUT","url":"Patient?identifier=a|c"}}`,
+			`{"request":{"method":"DELETE","url":"Patient?identifier=a|d"}}`,
+			`{"request":{"method":"DELETE","url":"Patient?identifier=a|e"}}`,
+			`{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"performer":[{"reference":"Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999"},{"reference":"http://localhost:8080/fhir/Practitioner?identifier=n|1"},{"reference":"Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999"}]},"request":{"method":"POST","url":"Observation"}}`,
+		), opts)
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		for _, e := range p.Entries {
+			if e.Err != nil {
+				t.Fatalf("%s: entry %d: %v", typ, e.Index, e.Err)
+			}
+		}
+		if e := p.Entries[0]; e.IfNoneExist != "identifier=a|b" || e.Interaction != Create {
+			t.Errorf("%s: ifNoneExist entry: %q %s", typ, e.IfNoneExist, e.Interaction)
+		}
+		if e := p.Entries[1]; e.Interaction != ConditionalUpdate || e.Query.Get("identifier") != "a|c" || len(e.ID) != 32 {
+			t.Errorf("%s: conditional PUT: %s %v %q", typ, e.Interaction, e.Query, e.ID)
+		}
+		if e := p.Entries[2]; e.Interaction != ConditionalDelete || e.ID != "" {
+			t.Errorf("%s: conditional DELETE: %s %q", typ, e.Interaction, e.ID)
+		}
+		want := []CondRef{{Ref: "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999", Type: "Practitioner", Query: "identifier=http://hl7.org/fhir/sid/us-npi|9999"},
+			{Ref: "http://localhost:8080/fhir/Practitioner?identifier=n|1", Type: "Practitioner", Query: "identifier=n|1"}}
+		if got := p.Entries[4].CondRefs; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: CondRefs %v, want %v", typ, got, want)
+		}
+		if typ == "transaction" {
+			// Unresolved, Commit refuses them.
+			if _, err := newChange(p.Entries[1]); !errors.Is(err, ErrNotSupported) {
+				t.Errorf("newChange of an unresolved conditional PUT: %v", err)
+			}
+			if _, err := newChange(p.Entries[0]); !errors.Is(err, ErrNotSupported) {
+				t.Errorf("newChange of an unresolved ifNoneExist: %v", err)
+			}
+		}
 	}
 }

@@ -26,6 +26,10 @@ const (
 	Create          Interaction = "create"           // POST Type
 	Update          Interaction = "update"           // PUT Type/id
 	Delete          Interaction = "delete"           // DELETE Type/id
+	// ConditionalUpdate and ConditionalDelete name their resource by
+	// criteria (PUT/DELETE Type?query, the criteria in Entry.Query).
+	ConditionalUpdate Interaction = "conditional-update"
+	ConditionalDelete Interaction = "conditional-delete"
 )
 
 // base is Options.Base taken apart: origin is "scheme://host[:port]",
@@ -198,11 +202,11 @@ func (p *planner) parseRequest(method, raw string) (target, error) {
 			t.interaction = Create
 		case "PUT", "DELETE":
 			if hasQuery {
-				what := "update"
+				t.interaction = ConditionalUpdate
 				if method == "DELETE" {
-					what = "delete"
+					t.interaction = ConditionalDelete
 				}
-				return t, notSupportedf("request.url %q: conditional %s is not supported", raw, what)
+				return t, nil
 			}
 			return t, invalidf("request.url %q: a %s needs an id (Type/id)", raw, method)
 		}

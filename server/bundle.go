@@ -118,11 +118,20 @@ func (s *Server) transaction(w http.ResponseWriter, r *http.Request, plan *bundl
 			}
 		}
 	}
-	written, err := s.bundles.Transactions.Commit(r.Context(), info(r).tenant, plan)
+	claims, err := s.resolveTransaction(r.Context(), info(r).tenant, plan)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	written, err := s.bundles.Transactions.Commit(r.Context(), info(r).tenant, plan)
+	if err != nil {
+		// The transaction's creates may still land (an outcome not
+		// known): the claims expire rather than name new ids.
+		claims.Abandon()
+		s.writeError(w, r, err)
+		return
+	}
+	claims.Release(r.Context())
 	out := &fhir.Bundle{ResourceType: "Bundle", Type: plan.ResponseType(), Entry: make([]fhir.BundleEntry, len(plan.Entries))}
 	representation := preferRepresentation(prefer)
 	base := info(r).base
@@ -184,7 +193,7 @@ func entryRequest(parent *http.Request, e *bundle.Entry, prefer []string) *http.
 		path = "/" + url.PathEscape(e.Type) + "/_history"
 	case bundle.HistorySystem:
 		path = "/_history"
-	case bundle.SearchType, bundle.Create:
+	case bundle.SearchType, bundle.Create, bundle.ConditionalUpdate, bundle.ConditionalDelete:
 		path = "/" + url.PathEscape(e.Type)
 	case bundle.Capabilities:
 		path = "/metadata"
@@ -202,11 +211,18 @@ func entryRequest(parent *http.Request, e *bundle.Entry, prefer []string) *http.
 	sub.Header.Set("Accept", fhirJSON)
 	if len(prefer) > 0 {
 		sub.Header["Prefer"] = prefer
+	} else if e.Interaction == bundle.ConditionalUpdate {
+		// The entry names the resource the criteria matched: only the
+		// body says which (entryResult drops it again).
+		sub.Header.Set("Prefer", "return=representation")
 	} else if method == http.MethodPost || method == http.MethodPut {
 		sub.Header.Set("Prefer", "return=minimal")
 	}
 	if e.IfMatch != "" {
 		sub.Header.Set("If-Match", e.IfMatch)
+	}
+	if e.IfNoneExist != "" {
+		sub.Header.Set("If-None-Exist", e.IfNoneExist)
 	}
 	if e.IfNoneMatch != "" {
 		sub.Header.Set("If-None-Match", e.IfNoneMatch)
@@ -250,6 +266,9 @@ func (s *Server) entryResult(parent *http.Request, e *bundle.Entry, prefer []str
 	if e.Err != nil {
 		return errorEntry(e.Err)
 	}
+	if err := s.resolveBatchEntry(parent.Context(), info(parent).tenant, e); err != nil {
+		return errorEntry(err)
+	}
 	sub := entryRequest(parent, e, prefer)
 	ri := *info(parent) // each entry records its own status
 	ri.status, ri.err = 0, nil
@@ -260,11 +279,21 @@ func (s *Server) entryResult(parent *http.Request, e *bundle.Entry, prefer []str
 	}
 	s.mux.ServeHTTP(rec, sub)
 	be := rec.entry(info(parent).base)
-	if be.Response.Location == "" && rec.code < 300 && (e.Method == http.MethodPut || e.Method == http.MethodDelete) {
+	if be.Response.Location == "" && rec.code < 300 && (e.Interaction == bundle.Update || e.Interaction == bundle.Delete) {
 		// A write's entry names the version it wrote, also when the
 		// single interaction sends no Location (an update, a delete).
 		if v, ok := strings.CutPrefix(be.Response.Etag, `W/"`); ok && strings.HasSuffix(v, `"`) {
 			be.Response.Location = e.Type + "/" + e.ID + "/_history/" + strings.TrimSuffix(v, `"`)
+		}
+	}
+	if e.Interaction == bundle.ConditionalUpdate && rec.code < 300 {
+		if v, ok := strings.CutPrefix(be.Response.Etag, `W/"`); ok && be.Response.Location == "" && be.Resource != nil {
+			if _, id, err := fhir.Peek(be.Resource); err == nil && id != "" {
+				be.Response.Location = e.Type + "/" + id + "/_history/" + strings.TrimSuffix(v, `"`)
+			}
+		}
+		if len(prefer) == 0 {
+			be.Resource = nil // asked for by entryRequest, not by the client
 		}
 	}
 	return be

@@ -148,6 +148,7 @@ type Index interface {
 	CreateIfNoneExist(ctx context.Context, tenant, typ string, c index.Criteria, body []byte) (*fhirstore.Resource, bool, error)
 	ConditionalUpdate(ctx context.Context, tenant, typ string, c index.Criteria, body []byte, ifMatch *fhirstore.Match) (*fhirstore.Resource, bool, error)
 	ConditionalDelete(ctx context.Context, tenant, typ string, c index.Criteria, ifMatch *fhirstore.Match) (*fhirstore.Resource, error)
+	ClaimCreates(ctx context.Context, tenant string, reqs []index.CreateClaim) ([]index.ClaimResult, *index.Claims, error)
 }
 
 // New checks cfg and returns the handler. Errors name the Config field at

@@ -8,11 +8,13 @@ import (
 	"io"
 
 	"fhirbucket/fhirstore"
+	"fhirbucket/index"
 )
 
 const fsckSummary = `Verify the stored data of one tenant (--tenant) or of every tenant that has data:
-current versions, version sequences, history events, envelopes. With --repair, roll
-forward interrupted writes and re-create missing history events. Exit code 0 when
+current versions, version sequences, history events, envelopes, identifier index entries.
+With --repair, roll forward interrupted writes, re-create missing history events and
+delete stale identifier index entries. Exit code 0 when
 no problem remains, 1 when problems remain, 2 on errors.`
 
 // fsckSettings are fsck's own flags (no environment variables: they say
@@ -55,7 +57,31 @@ func fsck(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stdout, "transactions: %d journals, %d abandoned ones aborted, %d still running, %d could not be finished\n",
 			rep.Journals, rep.Aborted, rep.Open, rep.Failed)
 	}
-	return runFsck(ctx, be.store, v.str("tenant"), doRepair, stdout)
+	ix, err := be.newIndex(log, 0)
+	if err != nil {
+		return exitError, err
+	}
+	return runFsck(ctx, indexedVerifier{be.store, ix}, v.str("tenant"), doRepair, stdout)
+}
+
+// indexedVerifier verifies a tenant's resources, then its identifier
+// index (after the resources' repair, which may roll a version forward).
+type indexedVerifier struct {
+	*fhirstore.Store
+	ix *index.Index
+}
+
+func (v indexedVerifier) Verify(ctx context.Context, tenant string, repair bool) (*fhirstore.Report, error) {
+	rep, err := v.Store.Verify(ctx, tenant, repair)
+	if err != nil {
+		return nil, err
+	}
+	probs, err := v.ix.Check(ctx, tenant, repair)
+	if err != nil {
+		return nil, fmt.Errorf("identifier index: %w", err)
+	}
+	rep.Problems = append(rep.Problems, probs...)
+	return rep, nil
 }
 
 // verifier is the part of the resource store fsck needs.

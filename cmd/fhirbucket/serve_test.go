@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"fhirbucket/fhirstore"
+	"fhirbucket/index"
+	"fhirbucket/internal/layout"
 	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
 	"fhirbucket/storage/filestore"
@@ -215,5 +217,56 @@ func TestReadyFileBackend(t *testing.T) {
 	}
 	if err := be.ready(t.Context()); err == nil {
 		t.Fatal("ready without a data folder")
+	}
+}
+
+// TestFsckStaleIndexEntries: an identifier index entry of a replaced
+// version (as a failed delete leaves it) is reported by fsck (exit 1),
+// deleted by --repair, and then fsck is clean.
+func TestFsckStaleIndexEntries(t *testing.T) {
+	dir := t.TempDir()
+	b, err := filestore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := fhirstore.New(fhirstore.Config{Bucket: b, Validator: testenv.Validator(t), Indexer: &index.Keys{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	body := func(v string) []byte {
+		return []byte(`{"resourceType":"Patient","id":"a","identifier":[{"system":"http://example.org/mrn","value":"` + v + `"}]}`)
+	}
+	if _, _, err := st.Update(ctx, "acme", "Patient", "a", body("v1"), fhirstore.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Update(ctx, "acme", "Patient", "a", body("v2"), fhirstore.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := st.TenantBucket("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	staleKey := layout.IdentifierEntryKey("Patient", layout.IdentifierValueHash("v1"), layout.IdentifierSystemHash("http://example.org/mrn"), "a", 1)
+	if _, err := tb.Put(ctx, staleKey, strings.NewReader("{}"), storage.PutOptions{ContentType: "application/json", Size: 2}); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"FHIRBUCKET_DATA_DIR=" + dir, "FHIRBUCKET_LOG_LEVEL=error"}
+	fsckRun := func(args ...string) (int, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(ctx, append([]string{"fsck"}, args...), env, &stdout, &stderr)
+		return code, stdout.String() + stderr.String()
+	}
+	if code, out := fsckRun(); code != exitProblems || !strings.Contains(out, "PROBLEM\ttenant=acme\t"+index.ProblemStaleEntry) {
+		t.Fatalf("fsck with a stale entry: exit %d: %s", code, out)
+	}
+	if code, out := fsckRun("--repair"); code != exitOK || !strings.Contains(out, "REPAIRED\ttenant=acme\t"+index.ProblemStaleEntry) {
+		t.Fatalf("fsck --repair: exit %d: %s", code, out)
+	}
+	if code, out := fsckRun(); code != exitOK || strings.Contains(out, "PROBLEM") {
+		t.Fatalf("fsck after repair: exit %d: %s", code, out)
+	}
+	if _, err := tb.Stat(ctx, staleKey); err == nil {
+		t.Errorf("the stale entry is still there")
 	}
 }
