@@ -65,6 +65,9 @@ func (r *runner) requestCosts(ctx context.Context, v *fhir.Validator) error {
 			return err
 		}
 	}
+	if err := r.indexCosts(ctx, v); err != nil {
+		return err
+	}
 
 	var mem *counter
 	var memStore *fhirstore.Store
