@@ -58,7 +58,10 @@ func (r *runner) indexCosts(ctx context.Context, v *fhir.Validator) error {
 	}{
 		{"create, 0 identifiers (index kept)", func() error { _, err := st.Create(ctx, tenant, "Patient", patientWith("", 0)); return err }},
 		{"create, 1 identifier", func() error { _, err := st.Create(ctx, tenant, "Patient", patientWith("urn:bench:one", 1)); return err }},
-		{"create, 3 identifiers", func() error { _, err := st.Create(ctx, tenant, "Patient", patientWith("urn:bench:three", 3)); return err }},
+		{"create, 3 identifiers", func() error {
+			_, err := st.Create(ctx, tenant, "Patient", patientWith("urn:bench:three", 3))
+			return err
+		}},
 		{"search by identifier (1 match)", func() error {
 			got, err := ix.Search(ctx, tenant, "Patient", crit)
 			if err == nil && len(got) != 1 {
