@@ -50,6 +50,11 @@ func (e *transportError) Unwrap() error { return e.err }
 // send posts one Bundle, retrying what may be retried, and records what
 // became of its entries.
 func (l *Loader) send(ctx context.Context, j job) {
+	if ctx.Err() != nil {
+		// Interrupted before this Bundle was sent: it is left for a later
+		// run, not a failure.
+		return
+	}
 	retries := 0
 	var a *answer
 	for {
