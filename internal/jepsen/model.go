@@ -58,9 +58,6 @@ package jepsen
 
 import (
 	"fmt"
-	"hash/fnv"
-	"slices"
-	"strings"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -250,65 +247,6 @@ func equalRes(a, b resState) bool {
 		}
 	}
 	return true
-}
-
-// named is the state of the resource id.
-type named struct {
-	id string
-	r  resState
-}
-
-// State is the model state of the resources of one partition, by id
-// (sorted); a resource that is not listed has no version.
-type State struct {
-	res []named
-}
-
-func (s State) get(id string) resState {
-	for _, n := range s.res {
-		if n.id == id {
-			return n.r
-		}
-	}
-	return resState{}
-}
-
-// with returns s with resource id in state r (s is not modified).
-func (s State) with(id string, r resState) State {
-	i, found := slices.BinarySearchFunc(s.res, id, func(n named, id string) int { return strings.Compare(n.id, id) })
-	res := make([]named, len(s.res), len(s.res)+1)
-	copy(res, s.res)
-	if found {
-		res[i].r = r
-	} else {
-		res = slices.Insert(res, i, named{id: id, r: r})
-	}
-	return State{res: res}
-}
-
-func equalState(a, b State) bool {
-	if len(a.res) != len(b.res) {
-		return false
-	}
-	for i := range a.res {
-		if a.res[i].id != b.res[i].id || !equalRes(a.res[i].r, b.res[i].r) {
-			return false
-		}
-	}
-	return true
-}
-
-// hashState is consistent with equalState: it covers the ids, the
-// positions and the newest version of each resource.
-func hashState(s State) uint64 {
-	h := fnv.New64a()
-	for _, n := range s.res {
-		fmt.Fprintf(h, "%s/%d/%d", n.id, n.r.cur, n.r.n)
-		if n.r.log != nil {
-			fmt.Fprintf(h, "/%d/%t;", n.r.log.v.write, n.r.log.v.hidden)
-		}
-	}
-	return h.Sum64()
 }
 
 // step returns every state the partition can be in after in answered out
@@ -543,55 +481,6 @@ func stepResource(s resState, in Input, out Output) []resState {
 	return nil
 }
 
-// partition groups the operations by the resources that transactions
-// join: an operation goes with every other operation on its resource, a
-// commit with those on the resources of its entries.
-func partition(history []porcupine.Operation) [][]porcupine.Operation {
-	parent := map[string]string{}
-	var find func(string) string
-	find = func(id string) string {
-		p, ok := parent[id]
-		if !ok {
-			parent[id] = id
-			return id
-		}
-		if p == id {
-			return id
-		}
-		root := find(p)
-		parent[id] = root
-		return root
-	}
-	key := func(in Input) string {
-		if in.Kind == KindTxEnd && len(in.Entries) > 0 {
-			return in.Entries[0].ID
-		}
-		return in.ID
-	}
-	for _, op := range history {
-		in := op.Input.(Input)
-		root := find(key(in))
-		for _, e := range in.Entries {
-			if r := find(e.ID); r != root {
-				parent[r] = root
-			}
-		}
-	}
-	byRoot := map[string]int{}
-	var out [][]porcupine.Operation
-	for _, op := range history {
-		root := find(key(op.Input.(Input)))
-		i, seen := byRoot[root]
-		if !seen {
-			i = len(out)
-			byRoot[root] = i
-			out = append(out, nil)
-		}
-		out[i] = append(out[i], op)
-	}
-	return out
-}
-
 // Model is the porcupine model of a set of versioned resources,
 // partitioned by the transactions that join them.
 func Model() porcupine.Model {
@@ -614,113 +503,4 @@ func Model() porcupine.Model {
 		DescribeState: func(state any) string { return DescribeState(state.(State)) },
 	}
 	return nm.ToModel()
-}
-
-// Describe renders one operation for reports and the visualization.
-func Describe(in Input, out Output) string {
-	var b strings.Builder
-	if in.Kind == KindTxEnd {
-		fmt.Fprintf(&b, "t%d %s(", in.Tx, in.Kind)
-		for i, e := range in.Entries {
-			if i > 0 {
-				b.WriteString(" ")
-			}
-			fmt.Fprintf(&b, "%s:w%d", e.ID, e.Write)
-		}
-		b.WriteString(")")
-	} else {
-		fmt.Fprintf(&b, "%s %s", in.ID, in.Kind)
-	}
-	switch in.Kind {
-	case KindVRead:
-		fmt.Fprintf(&b, "(v%d)", in.Version)
-	case KindHistory:
-		fmt.Fprintf(&b, "(_count=%d)", in.Count)
-	case KindPut, KindTxPut:
-		b.WriteString("(")
-		if in.Kind == KindTxPut {
-			fmt.Fprintf(&b, "t%d ", in.Tx)
-		}
-		fmt.Fprintf(&b, "w%d %s", in.Write, in.Marker)
-		if in.IfMatch > 0 {
-			fmt.Fprintf(&b, ` If-Match W/"%d"`, in.IfMatch)
-		}
-		b.WriteString(")")
-	case KindDelete:
-		fmt.Fprintf(&b, "(w%d)", in.Write)
-	case KindComplete:
-		fmt.Fprintf(&b, "(w%d", in.Write)
-		if in.Version > 0 {
-			fmt.Fprintf(&b, " v%d", in.Version)
-		}
-		b.WriteString(")")
-	}
-	b.WriteString(" -> ")
-	if out.Unknown {
-		b.WriteString("unknown")
-		return b.String()
-	}
-	fmt.Fprintf(&b, "%d", out.Status)
-	if out.Version > 0 {
-		fmt.Fprintf(&b, " v%d", out.Version)
-	}
-	if out.Marker != "" {
-		fmt.Fprintf(&b, " %s", out.Marker)
-	}
-	if len(out.Entries) > 0 {
-		parts := make([]string, len(out.Entries))
-		for i, e := range out.Entries {
-			parts[i] = fmt.Sprintf("v%d:%s", e.Version, entryText(e.Marker, e.Deleted))
-		}
-		fmt.Fprintf(&b, " [%s]", strings.Join(parts, " "))
-	}
-	return b.String()
-}
-
-// DescribeState renders a state: per resource its versions, current
-// marked with "*", a claimed version beyond current with "?", a hidden
-// (transaction, not committed) version with "~".
-func DescribeState(s State) string {
-	if len(s.res) == 0 {
-		return "(none)"
-	}
-	var out []string
-	for _, n := range s.res {
-		out = append(out, n.id+": "+describeRes(n.r))
-	}
-	return strings.Join(out, "; ")
-}
-
-func describeRes(r resState) string {
-	if r.n == 0 {
-		return "(none)"
-	}
-	parts := make([]string, r.n)
-	nd := r.log
-	for v := r.n; v >= 1; v-- {
-		mark := ""
-		switch {
-		case v == r.cur:
-			mark = "*"
-		case v > r.cur:
-			mark = "?"
-		}
-		if nd.v.hidden {
-			mark += "~"
-		}
-		who := fmt.Sprintf("w%d", nd.v.write)
-		if nd.v.tx > 0 {
-			who = fmt.Sprintf("t%d w%d", nd.v.tx, nd.v.write)
-		}
-		parts[v-1] = fmt.Sprintf("v%d%s:%s(%s)", v, mark, entryText(nd.v.marker, nd.v.deleted), who)
-		nd = nd.prev
-	}
-	return strings.Join(parts, " ")
-}
-
-func entryText(marker string, deleted bool) string {
-	if deleted {
-		return "deleted"
-	}
-	return marker
 }
