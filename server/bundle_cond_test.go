@@ -3,52 +3,24 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"maps"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 
-	"fhirbucket/bundle"
 	"fhirbucket/fhirstore"
-	"fhirbucket/index"
 	"fhirbucket/internal/testenv"
 	"fhirbucket/storage"
-	"fhirbucket/storage/memstore"
 )
 
 // newCondBundleEnv starts a server with the identifier index and batch
 // and transaction Bundles on base (nil: a new memstore).
 func newCondBundleEnv(t testing.TB, base storage.Bucket) *env {
 	t.Helper()
-	if base == nil {
-		base = memstore.New()
-	}
-	e := &env{t: t, bucket: base, count: storage.NewCounter(base), logs: &testenv.LockedBuffer{}}
-	v := testenv.Validator(t)
-	st, err := fhirstore.New(fhirstore.Config{Bucket: e.count, Validator: v, Logger: testenv.QuietLogger(), Indexer: &index.Keys{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ix, err := index.New(index.Config{Store: st, Validator: v, Logger: testenv.QuietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := bundle.New(bundle.Config{Store: st, Owner: "test-" + t.Name(), Logger: testenv.QuietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.store = st
-	h, err := New(Config{Store: st, Index: ix, Logger: slog.New(slog.NewJSONHandler(e.logs, nil)),
-		Bundles: &BundleConfig{Transactions: tr, Validator: v}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = httptest.NewServer(h)
-	t.Cleanup(e.srv.Close)
-	e.url = e.srv.URL
-	return e
+	return startEnv(t, base, []envOpt{withIndexer}, func(st *fhirstore.Store, cfg *Config) {
+		cfg.Index = newIndex(t, st)
+		cfg.Bundles = &BundleConfig{Transactions: newTransactor(t, st), Validator: testenv.Validator(t)}
+	})
 }
 
 const npi = "http://hl7.org/fhir/sid/us-npi"

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -27,28 +26,25 @@ type bundleEnv struct {
 func newBundleEnv(t testing.TB, base storage.Bucket, mod ...func(*bundle.Config)) *bundleEnv {
 	t.Helper()
 	be := &bundleEnv{}
-	be.env = newEnv(t, base, func(cfg *Config, scfg *fhirstore.Config) {
-		// The store is built after the options run: the Transactor
-		// reaches it through a forwarding Store.
-		cfg.Bundles = &BundleConfig{Transactions: txFunc(func() Transactions { return be.tr }), Validator: testenv.Validator(t)}
+	be.env = startEnv(t, base, nil, func(st *fhirstore.Store, cfg *Config) {
+		be.tr = newTransactor(t, st, mod...)
+		cfg.Bundles = &BundleConfig{Transactions: be.tr, Validator: testenv.Validator(t)}
 	})
-	bcfg := bundle.Config{Store: be.store, Owner: "test-" + t.Name(), Logger: testenv.QuietLogger()}
-	for _, m := range mod {
-		m(&bcfg)
-	}
-	tr, err := bundle.New(bcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	be.tr = tr
 	return be
 }
 
-// txFunc defers to the Transactions the function returns at call time.
-type txFunc func() Transactions
-
-func (f txFunc) Commit(ctx context.Context, tenant string, p *bundle.Plan) ([]bundle.Written, error) {
-	return f().Commit(ctx, tenant, p)
+// newTransactor is a Transactor over st, quiet, owned by the test.
+func newTransactor(t testing.TB, st *fhirstore.Store, mod ...func(*bundle.Config)) *bundle.Transactor {
+	t.Helper()
+	cfg := bundle.Config{Store: st, Owner: "test-" + t.Name(), Logger: testenv.QuietLogger()}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	tr, err := bundle.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
 }
 
 // bundleResponse is the part of a batch/transaction response the tests read.

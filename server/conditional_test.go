@@ -3,9 +3,7 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -22,28 +20,19 @@ import (
 // new memstore).
 func newIndexedEnv(t testing.TB, base storage.Bucket) *env {
 	t.Helper()
-	if base == nil {
-		base = memstore.New()
-	}
-	e := &env{t: t, bucket: base, count: storage.NewCounter(base), logs: &testenv.LockedBuffer{}}
-	v := testenv.Validator(t)
-	st, err := fhirstore.New(fhirstore.Config{Bucket: e.count, Validator: v, Logger: testenv.QuietLogger(), Indexer: &index.Keys{}})
+	return startEnv(t, base, []envOpt{withIndexer}, func(st *fhirstore.Store, cfg *Config) { cfg.Index = newIndex(t, st) })
+}
+
+// withIndexer makes the store keep the identifier index.
+func withIndexer(_ *Config, sc *fhirstore.Config) { sc.Indexer = &index.Keys{} }
+
+func newIndex(t testing.TB, st *fhirstore.Store) *index.Index {
+	t.Helper()
+	ix, err := index.New(index.Config{Store: st, Validator: testenv.Validator(t), Logger: testenv.QuietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ix, err := index.New(index.Config{Store: st, Validator: v, Logger: testenv.QuietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.store = st
-	h, err := New(Config{Store: st, Index: ix, Logger: slog.New(slog.NewJSONHandler(e.logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = httptest.NewServer(h)
-	t.Cleanup(e.srv.Close)
-	e.url = e.srv.URL
-	return e
+	return ix
 }
 
 func identifiedPatient(id string, idents ...string) string {

@@ -36,6 +36,13 @@ type envOpt func(*Config, *fhirstore.Config)
 // memstore).
 func newEnv(t testing.TB, base storage.Bucket, opts ...envOpt) *env {
 	t.Helper()
+	return startEnv(t, base, opts, nil)
+}
+
+// startEnv is newEnv with services, a hook that completes the server's
+// Config once the store exists (the identifier index, Bundles).
+func startEnv(t testing.TB, base storage.Bucket, opts []envOpt, services func(*fhirstore.Store, *Config)) *env {
+	t.Helper()
 	if base == nil {
 		base = memstore.New()
 	}
@@ -52,6 +59,9 @@ func newEnv(t testing.TB, base storage.Bucket, opts ...envOpt) *env {
 	}
 	e.store = st
 	cfg.Store = st
+	if services != nil {
+		services(st, &cfg)
+	}
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
