@@ -171,7 +171,18 @@ func markIfEmpty(ctx context.Context, b storage.Bucket, reason string) (bool, er
 		return false, fmt.Errorf("index: listing the resources: %w", err)
 	}
 	if len(page.Objects) > 0 || len(page.Prefixes) > 0 {
-		return false, nil
+		// An indexed writer of an empty tenant writes the marker before
+		// its first resource: a resource listed now that such a writer
+		// wrote has its marker in place already. Look again, so that a
+		// concurrent first write is not taken for old data.
+		switch _, err := b.Stat(ctx, layout.IdentifierCompleteKey); {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, storage.ErrNotExist):
+			return false, nil
+		default:
+			return false, fmt.Errorf("index: reading the completeness marker: %w", err)
+		}
 	}
 	if err := writeMarker(ctx, b, time.Now().UTC(), reason); err != nil {
 		return false, err
